@@ -1,0 +1,25 @@
+"""Shared fixtures. Everything runs on the CPU with tiny shapes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def sample_ct():
+    """The real sample CT, fetched once into the user cache (or $CTFM_CACHE) and reused."""
+    from ctfm.data.sample_ct import fetch_sample_ct
+
+    return fetch_sample_ct()
+
+
+@pytest.fixture(autouse=True)
+def _few_threads(monkeypatch):
+    # Two cores in CI: keep torch from oversubscribing when tests run subprocesses.
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))

@@ -1,0 +1,255 @@
+"""CT-FM weight I/O: the released layout, every load form, strictness and its diagnoses, safety."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from monai.networks.nets import SegResNet
+from monai.networks.nets.segresnet_ds import SegResEncoder
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ctfm.networks import CTFMEmbedder, build_encoder, build_segmentation_network, find_encoder
+from ctfm.registry import ENCODER_CONFIG, ENCODER_NUM_PARAMETERS, ENCODER_NUM_TENSORS
+from ctfm.weights import (
+    WeightLoadError,
+    load_encoder_weights,
+    load_network_weights,
+    load_pretrained,
+    read_state_dict,
+    save_pretrained,
+)
+
+
+def _random_encoder(seed: int = 0, **overrides) -> SegResEncoder:
+    """An encoder with every tensor, BatchNorm statistics included, set to seeded random values."""
+    torch.manual_seed(seed)
+    enc = build_encoder(**overrides)
+    with torch.no_grad():
+        for name, t in enc.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand_like(t) + (0.5 if name.endswith("running_var") else 0.0))
+            else:
+                t.fill_(seed + 7)  # num_batches_tracked
+    return enc
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SegResEncoder:
+    return _random_encoder(seed=1)
+
+
+@pytest.fixture(scope="module")
+def released(encoder, tmp_path_factory) -> Path:
+    return save_pretrained(encoder, tmp_path_factory.mktemp("w") / "ct_fm_feature_extractor")
+
+
+def test_encoder_topology_is_ct_fm(encoder):
+    assert sum(p.numel() for p in encoder.parameters()) == ENCODER_NUM_PARAMETERS
+    assert len(encoder.state_dict()) == ENCODER_NUM_TENSORS
+    assert CTFMEmbedder(encoder)(torch.rand(2, 1, 16, 32, 32)).shape == (2, 512)
+
+
+def test_released_layout_matches_the_published_files(released, encoder):
+    assert sorted(p.name for p in released.iterdir()) == ["config.json", "model.safetensors"]
+    text = (released / "config.json").read_text()
+    assert json.loads(text) == ENCODER_CONFIG  # the four keys of ct_fm_feature_extractor/config.json
+    assert text == json.dumps(ENCODER_CONFIG, sort_keys=True, indent=2)  # huggingface_hub's formatting
+    tensors = load_file(released / "model.safetensors")
+    assert len(tensors) == ENCODER_NUM_TENSORS and "conv_init.weight" in tensors
+    assert "conv_init.bias" not in tensors  # SegResEncoder convs have no bias
+    assert tensors["layers.0.blocks.0.norm1.num_batches_tracked"].dtype == torch.int64
+    assert _same_tensors(tensors, encoder.state_dict())
+
+
+def test_round_trip_is_bit_exact_and_in_eval_mode(released, encoder):
+    loaded = load_pretrained(released)
+    assert not loaded.training  # BatchNorm must use the stored running statistics
+    assert _same_tensors(loaded.state_dict(), encoder.state_dict())
+
+
+def test_huggingface_mixin_reads_ours_and_writes_what_we_read(released, encoder, tmp_path):
+    hub = pytest.importorskip("huggingface_hub")
+
+    class HubSegResEncoder(SegResEncoder, hub.PyTorchModelHubMixin):
+        """What lighter_zoo.SegResEncoder is: MONAI's encoder plus the hub mixin."""
+
+    theirs = HubSegResEncoder.from_pretrained(str(released))  # lighter_zoo's loading path
+    assert _same_tensors(theirs.state_dict(), encoder.state_dict())
+
+    theirs.save_pretrained(tmp_path / "hub")
+    assert (tmp_path / "hub" / "model.safetensors").read_bytes() == (released / "model.safetensors").read_bytes()
+    ours = load_pretrained(tmp_path / "hub")  # their config.json also lists every default argument
+    assert _same_tensors(ours.state_dict(), encoder.state_dict())
+
+
+def test_changed_shape_fails_naming_the_key(released, tmp_path):
+    tensors = load_file(released / "model.safetensors")
+    tensors["layers.2.blocks.1.conv1.weight"] = torch.zeros(128, 128, 3, 3, 1)
+    save_file(tensors, tmp_path / "model.safetensors")
+    target = build_encoder()
+    before = target.state_dict()["conv_init.weight"].clone()
+    with pytest.raises(WeightLoadError, match=r"1 mis-shaped key\(s\): layers\.2\.blocks\.1\.conv1\.weight") as err:
+        load_encoder_weights(target, tmp_path / "model.safetensors")
+    assert str(tmp_path / "model.safetensors") in str(err.value)
+    assert torch.equal(target.state_dict()["conv_init.weight"], before)  # nothing half-loaded
+
+
+def test_missing_key_fails_naming_the_key(released, tmp_path):
+    tensors = load_file(released / "model.safetensors")
+    del tensors["layers.4.blocks.3.norm2.running_var"]
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(WeightLoadError, match=r"1 missing key\(s\): layers\.4\.blocks\.3\.norm2\.running_var"):
+        load_encoder_weights(build_encoder(), tmp_path)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "weights.pt", "model.ckpt"])
+def test_corrupt_file_fails_naming_the_file(released, tmp_path, name):
+    data = (released / "model.safetensors").read_bytes()
+    bad = tmp_path / name
+    bad.write_bytes(data[: len(data) // 3])  # a truncated download
+    with pytest.raises(WeightLoadError, match="truncated") as err:
+        load_encoder_weights(build_encoder(), bad)
+    assert str(bad) in str(err.value)
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="CT-FM weights not found"):
+        load_encoder_weights(build_encoder(), tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WeightLoadError, match="folder without weights"):
+        load_encoder_weights(build_encoder(), tmp_path / "empty")
+
+
+def _load_and_compare(target: nn.Module, path, encoder, **kwargs) -> None:
+    load_encoder_weights(target, path, **kwargs)
+    assert _same_tensors(find_encoder(target).state_dict(), encoder.state_dict())
+
+
+def test_bare_safetensors(released, encoder):
+    _load_and_compare(build_encoder(), released / "model.safetensors", encoder)
+
+
+def test_segresnetds_state_dict_into_encoder_and_segresnetds(encoder, tmp_path):
+    full = build_segmentation_network(out_channels=3)
+    load_encoder_weights(full, save_pretrained(encoder, tmp_path / "enc"))
+    torch.save(full.state_dict(), tmp_path / "segresnetds.pt")
+    _load_and_compare(build_encoder(), tmp_path / "segresnetds.pt", encoder)
+
+    target = build_segmentation_network(out_channels=118)
+    decoder_before = {k: v.clone() for k, v in target.state_dict().items() if not k.startswith("encoder.")}
+    _load_and_compare(target, tmp_path / "segresnetds.pt", encoder)
+    decoder_after = {k: v for k, v in target.state_dict().items() if not k.startswith("encoder.")}
+    assert _same_tensors(decoder_before, decoder_after)  # the decoder is left fresh
+
+
+def test_lightning_checkpoint_with_compile_prefix_and_projection_head(encoder, tmp_path):
+    state = {f"model._orig_mod.backbone.{k}": v for k, v in encoder.state_dict().items()}
+    state["model._orig_mod.projection_head.layers.0.weight"] = torch.rand(256, 512)
+    state["model._orig_mod.projection_head.layers.2.weight"] = torch.rand(128, 256)
+    ckpt = {"epoch": 449, "global_step": 225000, "state_dict": state, "optimizer_states": [], "callbacks": {}}
+    torch.save(ckpt, tmp_path / "epoch=449-step=225000.ckpt")
+    _load_and_compare(build_encoder(), tmp_path / "epoch=449-step=225000.ckpt", encoder)
+
+
+def test_monai_bundle_model_pt_and_bundle_folder(encoder, tmp_path):
+    net = CTFMEmbedder(encoder)
+    (tmp_path / "bundle" / "models").mkdir(parents=True)
+    torch.save(net.state_dict(), tmp_path / "bundle" / "models" / "model.pt")
+    _load_and_compare(build_encoder(), tmp_path / "bundle" / "models" / "model.pt", encoder)
+    _load_and_compare(build_encoder(), tmp_path / "bundle", encoder)  # the bundle root itself
+
+
+def test_classifier_backbone(released, encoder):
+    classifier = nn.Sequential()
+    classifier.add_module("backbone", build_encoder())
+    classifier.add_module("head", nn.Linear(512, 1))
+    _load_and_compare(classifier, released, encoder)
+
+
+def test_several_encoders_need_a_prefix(encoder, tmp_path):
+    state = {f"student.{k}": v for k, v in encoder.state_dict().items()}
+    state.update({f"teacher.{k}": torch.zeros_like(v) for k, v in encoder.state_dict().items()})
+    torch.save(state, tmp_path / "two.pt")
+    with pytest.raises(WeightLoadError, match=r"2 encoders, under the prefixes \['student\.', 'teacher\.'\]"):
+        load_encoder_weights(build_encoder(), tmp_path / "two.pt")
+    _load_and_compare(build_encoder(), tmp_path / "two.pt", encoder, prefix="student.")
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_untrusted_pickle_is_refused_not_run(encoder, tmp_path):
+    marker = tmp_path / "code_ran"
+    torch.save({"state_dict": encoder.state_dict(), "hyper_parameters": _Payload(marker)}, tmp_path / "evil.ckpt")
+    with pytest.raises(WeightLoadError, match="refused"):
+        load_encoder_weights(build_encoder(), tmp_path / "evil.ckpt")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, diagnosis",
+    [
+        ({"norm": "instance"}, "norm is instance or group .* in the file but batch"),
+        ({"spatial_dims": 2}, "2-D network; CT-FM is 3-D"),
+        ({"init_filters": 16}, "init_filters is 16 in the file but 32"),
+        ({"blocks_down": (1, 2, 2, 4)}, r"blocks_down is \[1, 2, 2, 4\] in the file but \[1, 2, 2, 4, 4\]"),
+    ],
+)
+def test_mismatch_is_diagnosed(overrides, diagnosis, tmp_path):
+    other = build_encoder(**overrides)
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(WeightLoadError, match=f"Diagnosis: .*{diagnosis}"):
+        load_encoder_weights(build_encoder(), tmp_path / "other.pt")
+
+
+def test_foreign_network_is_named(tmp_path):
+    torch.save(SegResNet(spatial_dims=3, init_filters=8).state_dict(), tmp_path / "segresnet.pt")
+    with pytest.raises(WeightLoadError, match="MONAI SegResNet"):
+        load_encoder_weights(build_encoder(), tmp_path / "segresnet.pt")
+
+
+def test_full_segmentation_network_in_released_layout(tmp_path):
+    """The released whole-body model: a full SegResNetDS, 118 outputs, depth 4, config.json + safetensors."""
+    torch.manual_seed(3)
+    source = build_segmentation_network(out_channels=118, dsdepth=4)
+    (tmp_path / "whole_body").mkdir()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "whole_body/model.safetensors")
+    target = load_network_weights(build_segmentation_network(out_channels=118, dsdepth=4), tmp_path / "whole_body")
+    assert _same_tensors(target.state_dict(), source.state_dict())
+
+    with pytest.raises(WeightLoadError, match="the decoder differs"):
+        load_network_weights(build_segmentation_network(out_channels=5, dsdepth=4), tmp_path / "whole_body")
+
+
+def test_save_never_replaces_an_existing_folder(released, encoder):
+    before = (released / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_pretrained(_random_encoder(seed=5), released)
+    assert (released / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_convert_weights_cli(encoder, tmp_path, capsys):
+    from ctfm_tools.cli import main
+
+    state = {f"model.backbone.{k}": v for k, v in encoder.state_dict().items()}
+    torch.save({"state_dict": state}, tmp_path / "last.ckpt")
+    assert main(["convert-weights", "--input", str(tmp_path / "last.ckpt"), "--output", str(tmp_path / "out")]) == 0
+    assert _same_tensors(read_state_dict(tmp_path / "out"), encoder.state_dict())
+    # A second run refuses to replace the folder and says so, without a traceback.
+    assert main(["convert-weights", "--input", str(tmp_path / "last.ckpt"), "--output", str(tmp_path / "out")]) == 1
+    assert "overwrite" in capsys.readouterr().err

@@ -1,0 +1,87 @@
+"""`ctfm`: one command, one subcommand per tool.
+
+Each tool is a module in this folder (installed as the package ``ctfm_tools``) that defines
+``DESCRIPTION``, ``EXAMPLES``, ``add_arguments(parser)`` and ``run(args) -> int``. The work itself
+is a plain function in :mod:`ctfm` or in the tool module; ``run`` only passes arguments by keyword.
+Modules are imported only when their subcommand is used, so ``ctfm --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import ctfm
+
+# subcommand -> module in ctfm_tools. The one table the parser is built from.
+COMMANDS: dict[str, str] = {
+    "demo": "ctfm_tools.demo",
+    "fetch-sample-data": "ctfm_tools.fetch_sample_data",
+    "make-phantoms": "ctfm_tools.make_phantoms",
+    "embed": "ctfm_tools.embed",
+    "convert-weights": "ctfm_tools.convert_weights",
+    "info": "ctfm_tools.info",
+}
+
+SUMMARIES: dict[str, str] = {
+    "demo": "run the project end to end on its sample data",
+    "fetch-sample-data": "fetch the real sample CT volumes from the package registries",
+    "make-phantoms": "write CT-like phantoms with known ground truth (body, head, defective inputs)",
+    "embed": "512-d CT-FM embeddings of CT volumes",
+    "convert-weights": "check CT-FM weights in any supported form and write them in the released layout",
+    "info": "versions, conventions and the class map, without loading weights",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctfm", description="CT-FM foundation-model toolkit (MONAI-native).")
+    parser.add_argument("--version", action="version", version=f"ctfm {ctfm.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        if name != command:  # only the chosen tool is imported
+            sub.add_parser(name, help=SUMMARIES[name])
+            continue
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(
+            name,
+            help=SUMMARIES[name],
+            description=module.DESCRIPTION,
+            epilog="Examples:\n" + module.EXAMPLES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser(command)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except (OSError, ValueError, RuntimeError) as err:
+        # Our errors already say what is wrong and how to fix it; a traceback adds nothing.
+        print(f"ctfm {args.command}: error: {root_cause(err)}", file=sys.stderr)
+        return 1
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """Our own error inside MONAI's 'applying transform ...' wrappers, else the error itself."""
+    from ctfm.validation import CTInputError
+    from ctfm.weights import WeightLoadError
+
+    chain, cur = [], err
+    while cur is not None:
+        chain.append(cur)
+        cur = cur.__cause__
+    return next((e for e in chain if isinstance(e, (CTInputError, WeightLoadError, FileNotFoundError))), err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
