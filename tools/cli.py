@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "embed": "ctfm_tools.embed",
     "convert-weights": "ctfm_tools.convert_weights",
     "info": "ctfm_tools.info",
+    "idc-manifest": "ctfm_tools.idc_manifest",
 }
 
 SUMMARIES: dict[str, str] = {
@@ -31,6 +32,7 @@ SUMMARIES: dict[str, str] = {
     "embed": "512-d CT-FM embeddings of CT volumes",
     "convert-weights": "check CT-FM weights in any supported form and write them in the released layout",
     "info": "versions, conventions and the class map, without loading weights",
+    "idc-manifest": "rebuild the paper's pretraining CT series list from the Imaging Data Commons",
 }
 
 
@@ -73,14 +75,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def root_cause(err: BaseException) -> BaseException:
     """Our own error inside MONAI's 'applying transform ...' wrappers, else the error itself."""
-    from ctfm.validation import CTInputError
-    from ctfm.weights import WeightLoadError
-
     chain, cur = [], err
     while cur is not None:
         chain.append(cur)
         cur = cur.__cause__
-    return next((e for e in chain if isinstance(e, (CTInputError, WeightLoadError, FileNotFoundError))), err)
+    # Our errors are the ones defined in ctfm; checking the module avoids importing torch just to report.
+    ours = [e for e in chain if type(e).__module__.startswith("ctfm") or isinstance(e, FileNotFoundError)]
+    return ours[0] if ours else err
 
 
 if __name__ == "__main__":
