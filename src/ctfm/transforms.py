@@ -28,7 +28,7 @@ from monai.transforms import (
 )
 
 from ctfm.registry import AIR_HU, EMBEDDING_SPACING, HU_MAX, HU_MIN, ORIENTATION
-from ctfm.validation import LoadCTd
+from ctfm.validation import CTInputError, LoadCTd
 
 # Axis labels of the world frame: MONAI readers return RAS+ affines (ITK's LPS is converted).
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -78,5 +78,17 @@ def ct_fm_transforms(
 
 
 def preprocess(path, spacing: Sequence[float] | None = EMBEDDING_SPACING, **kwargs):
-    """Read one volume (file or DICOM folder) and apply :func:`ct_fm_transforms`; returns a (1, S, P, L) MetaTensor."""
-    return ct_fm_transforms(spacing=spacing, **kwargs)({"image": str(path)})["image"]
+    """Read one volume (file or DICOM folder) and apply :func:`ct_fm_transforms`; returns a (1, S, P, L) MetaTensor.
+
+    Input errors surface as themselves (:class:`~ctfm.validation.CTInputError`, ``FileNotFoundError``),
+    not wrapped in MONAI's "applying transform" RuntimeError.
+    """
+    try:
+        return ct_fm_transforms(spacing=spacing, **kwargs)({"image": str(path)})["image"]
+    except RuntimeError as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, (CTInputError, FileNotFoundError)):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each ``benchmarks/<name>.py`` prints a table and writes results/<name>.json."""
