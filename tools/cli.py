@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "convert-weights": "ctfm_tools.convert_weights",
     "info": "ctfm_tools.info",
     "idc-manifest": "ctfm_tools.idc_manifest",
+    "convert-msd": "ctfm_tools.convert_msd",
+    "evaluate-tumour": "ctfm_tools.evaluate_tumour",
 }
 
 SUMMARIES: dict[str, str] = {
@@ -33,6 +35,8 @@ SUMMARIES: dict[str, str] = {
     "convert-weights": "check CT-FM weights in any supported form and write them in the released layout",
     "info": "versions, conventions and the class map, without loading weights",
     "idc-manifest": "rebuild the paper's pretraining CT series list from the Imaging Data Commons",
+    "convert-msd": "MSD CT tumour tasks (Liver, Lung, Pancreas, HepaticVessel) -> tumour-only labels, seeded datalist",
+    "evaluate-tumour": "tumour Dice and surface distance (mm) per case with 95% CIs; side-by-side table of runs",
 }
 
 

@@ -1,0 +1,182 @@
+"""The MSD tumour tools of the Auto3DSeg experiments: ``ctfm convert-msd`` and ``ctfm evaluate-tumour``.
+
+The converter runs on a tiny look-alike of Task03_Liver (auto3dseg_algo/tiny_example.py); the
+evaluation on hand-made cases whose Dice and surface distances are worked out by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from ctfm_tools import convert_msd as convert_msd_tool
+from ctfm_tools import evaluate_tumour as evaluate_tool
+from ctfm_tools.convert_msd import DATALIST, LABEL_DIR, convert_msd
+from ctfm_tools.evaluate_tumour import evaluate_tumour, summarise
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "auto3dseg_algo"))
+from tiny_example import MSD_LIVER_LABELS as LIVER_LABELS
+from tiny_example import write_msd_like_task
+
+
+@pytest.fixture(scope="module")
+def liver_task(tmp_path_factory) -> Path:
+    return write_msd_like_task(tmp_path_factory.mktemp("msd"), num=6, spacing=(2.0, 2.0, 2.0))
+
+
+# --- convert-msd -------------------------------------------------------------------------------
+
+
+def test_convert_writes_binary_tumour_labels_on_the_same_grid(liver_task):
+    datalist = json.loads(convert_msd(liver_task, seed=0, num_folds=2, test_fraction=0.34).read_text())
+    assert datalist["labels"] == {"0": "background", "1": "cancer"}
+    cases = datalist["training"] + datalist["testing"]
+    assert len(cases) == 6 and len(datalist["testing"]) == 2
+    for case in cases:
+        original = nib.load(liver_task / "labelsTr" / Path(case["label"]).name)
+        tumour = nib.load(liver_task / case["label"])
+        assert case["label"].startswith(LABEL_DIR) and (liver_task / case["image"]).is_file()
+        np.testing.assert_array_equal(np.asarray(tumour.dataobj), np.asarray(original.dataobj) == 2)
+        np.testing.assert_allclose(tumour.affine, original.affine)
+        assert tumour.get_data_dtype() == np.uint8
+    assert sorted({c["fold"] for c in datalist["training"]}) == [0, 1]
+
+
+def test_split_is_seeded_and_datalist_never_overwritten(liver_task, tmp_path):
+    first = json.loads((liver_task / DATALIST).read_text())
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        convert_msd(liver_task, seed=0)
+    again = json.loads(convert_msd(liver_task, tmp_path / "out", seed=0, num_folds=2, test_fraction=0.34).read_text())
+    other = json.loads(convert_msd(liver_task, tmp_path / "out2", seed=7, num_folds=2, test_fraction=0.34).read_text())
+    assert [c["image"] for c in again["testing"]] == [c["image"] for c in first["testing"]]
+    assert [c["image"] for c in other["testing"]] != [c["image"] for c in first["testing"]]
+    # Another output folder links the images in, so every path stays inside the dataroot.
+    assert all((tmp_path / "out" / c["image"]).is_symlink() for c in again["training"])
+
+
+def test_convert_refuses_a_task_whose_labels_differ(tmp_path):
+    wrong = tmp_path / "Task08_HepaticVessel"  # publishes 2 as "tumour"; these are the liver task's labels
+    wrong.mkdir()
+    (wrong / "dataset.json").write_text(json.dumps({"labels": LIVER_LABELS, "training": []}))
+    with pytest.raises(ValueError, match="label 2 is 'cancer', but Task08_HepaticVessel publishes it as 'tumour'"):
+        convert_msd(wrong)
+    with pytest.raises(ValueError, match="does not start with a supported MSD task"):
+        convert_msd(tmp_path)
+
+
+def test_convert_msd_cli_resumes_and_reports(liver_task, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert _cli(convert_msd_tool, ["--task-dir", str(liver_task), "--output-dir", str(out), "--num-folds", "2"]) == 0
+    first = capsys.readouterr().out
+    assert first.count("tumour voxels") == 6 and f"dataroot={out}" in first
+    (out / DATALIST).unlink()  # as if killed before the datalist: the labels already written are kept
+    assert _cli(convert_msd_tool, ["--task-dir", str(liver_task), "--output-dir", str(out), "--num-folds", "2"]) == 0
+    assert capsys.readouterr().out.count(": kept") == 6
+
+
+# --- evaluate-tumour ---------------------------------------------------------------------------
+
+SPACING = (2.0, 1.0, 1.0)  # mm: anisotropic, so a wrong axis order would change the distances
+
+
+def _save(path: Path, voxels=(), shape=(10, 10, 10), spacing=SPACING) -> None:
+    data = np.zeros(shape, np.uint8)
+    for v in voxels:
+        data[v] = 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([*spacing, 1.0])), path)
+
+
+CUBE = [(i, j, k) for i in range(3, 6) for j in range(3, 6) for k in range(3, 6)]
+# case: (truth voxels, predicted voxels, Dice, ASD in mm, status), all worked out by hand.
+HAND_MADE = {
+    "liver_1": ([(2, 2, 2)], [(5, 2, 2)], 0.0, 6.0, "ok"),  # 3 voxels apart along the 2 mm axis
+    "liver_2": ([(0, 0, 0), (0, 0, 1)], [(0, 0, 0)], 2 / 3, 1 / 3, "ok"),  # distances 0, 0 and 1 mm, pooled
+    "liver_3": (CUBE, CUBE, 1.0, 0.0, "ok"),
+    "liver_4": (CUBE, [], 0.0, math.nan, "empty prediction"),
+    "liver_5": ([], [(1, 1, 1)], 0.0, math.nan, "empty truth"),
+    "liver_6": ([], [], 1.0, math.nan, "both empty"),
+}
+
+
+@pytest.fixture
+def hand_made(tmp_path) -> tuple[Path, Path]:
+    root, preds = tmp_path / "data", tmp_path / "preds"
+    testing = []
+    for case, (truth, pred, *_) in HAND_MADE.items():
+        _save(root / "images" / f"{case}.nii.gz")
+        _save(root / "labels" / f"{case}.nii.gz", truth)
+        _save(preds / "imagesTr" / f"{case}_ensemble.nii.gz", pred)  # AutoRunner's layout and suffix
+        testing.append({"image": f"images/{case}.nii.gz", "label": f"labels/{case}.nii.gz"})
+    _save(preds / "liver_10_seg.nii.gz", [(0, 0, 0)])  # another case: must not be taken for liver_1
+    (root / "datalist.json").write_text(json.dumps({"name": "hand-made", "training": [], "testing": testing}))
+    return root / "datalist.json", preds
+
+
+def test_dice_and_asd_per_case_match_hand_computed_values(hand_made, tmp_path):
+    datalist, preds = hand_made
+    summary = evaluate_tumour(datalist, preds, tmp_path / "eval", run_name="A")
+    with open(tmp_path / "eval" / "per_case.csv") as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    for case, (_, _, dice, asd, status) in HAND_MADE.items():
+        assert float(rows[case]["dice"]) == pytest.approx(dice, abs=1e-6), case
+        assert (math.isnan(asd) and math.isnan(float(rows[case]["asd_mm"]))) or float(rows[case]["asd_mm"]) == pytest.approx(asd, abs=1e-6), case
+        assert rows[case]["status"] == status
+    assert summary["dice"]["mean"] == pytest.approx((0 + 2 / 3 + 1 + 0 + 0 + 1) / 6)
+    assert summary["asd_mm"]["mean"] == pytest.approx((6 + 1 / 3 + 0) / 3) and summary["asd_mm"]["n"] == 3
+    low, high = summary["dice"]["ci95"]
+    assert 0 <= low < summary["dice"]["mean"] < high <= 1
+    assert summary["empty_prediction"] == ["liver_4"] and summary["empty_truth"] == ["liver_5"]
+    assert summary["both_empty"] == ["liver_6"]
+
+
+def test_a_run_without_any_defined_distance_summarises_to_valid_json():
+    rows = [{"case": "liver_4", "dice": 0.0, "asd_mm": math.nan, "status": "empty prediction"}]
+    summary = summarise(rows)
+    assert summary["asd_mm"] == {"mean": None, "ci95": [None, None], "n": 0}
+    assert summary["dice"]["mean"] == 0.0 and summary["empty_prediction"] == ["liver_4"]
+    json.dumps(summary, allow_nan=False)  # strict JSON: no NaN
+
+
+def test_missing_prediction_and_other_grid_are_clear_errors(hand_made, tmp_path):
+    datalist, preds = hand_made
+    (preds / "imagesTr" / "liver_3_ensemble.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 6 cases .* no prediction .*liver_3"):
+        evaluate_tumour(datalist, preds, tmp_path / "e1")
+    _save(preds / "imagesTr" / "liver_3_ensemble.nii.gz", CUBE, shape=(10, 10, 12))
+    with pytest.raises(ValueError, match="liver_3_ensemble.nii.gz.*is not on the grid of image .*liver_3.nii.gz"):
+        evaluate_tumour(datalist, preds, tmp_path / "e2")
+    assert not (tmp_path / "e2").exists()  # nothing half-written
+
+
+def test_side_by_side_table_of_two_runs(hand_made, tmp_path, capsys):
+    datalist, preds = hand_made
+    evaluate_tumour(datalist, preds, tmp_path / "a", run_name="CT-FM + Auto3DSeg")
+    _save(preds / "imagesTr" / "liver_4_ensemble.nii.gz", CUBE)  # run B finds the tumour that A missed
+    evaluate_tumour(datalist, preds, tmp_path / "b", run_name="Auto3DSeg")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        evaluate_tumour(datalist, preds, tmp_path / "b")
+    table_file = tmp_path / "table.md"
+    capsys.readouterr()
+    argv = ["--compare", str(tmp_path / "a"), str(tmp_path / "b" / "summary.json"), "--table", str(table_file)]
+    assert _cli(evaluate_tool, argv) == 0
+    header, _, row = capsys.readouterr().out.strip().splitlines()
+    assert "Dice CT-FM + Auto3DSeg" in header and "ASD mm Auto3DSeg" in header
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["hand-made", "6"] and cells[-1] == "1 / 0"
+    assert cells[2].startswith("0.444 (") and cells[3].startswith("0.611 (")  # B: liver_4 Dice 1
+    assert table_file.read_text().splitlines()[2] == row
+
+
+def _cli(module, argv: list[str]) -> int:
+    """Parse ``argv`` with the tool's own parser and run it, as ``ctfm <tool>`` does."""
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
