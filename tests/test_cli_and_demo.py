@@ -25,6 +25,16 @@ def test_every_command_has_help_with_examples():
         assert "Examples:" in sub.format_help() and f"ctfm {name}" in sub.format_help(), name
 
 
+def test_top_level_help_lists_every_command(capsys):
+    from ctfm_tools.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    assert all(name in shown for name in COMMANDS)
+
+
 def test_info_json_lists_conventions_and_117_classes():
     out = subprocess.run([*CTFM, "info", "--json", "--list-classes"], capture_output=True, text=True, check=True)
     info = json.loads(out.stdout)

@@ -25,6 +25,17 @@ COMMANDS: dict[str, str] = {
     "idc-manifest": "ctfm_tools.idc_manifest",
     "convert-msd": "ctfm_tools.convert_msd",
     "evaluate-tumour": "ctfm_tools.evaluate_tumour",
+    "convert-totalsegmentator": "ctfm_tools.convert_totalsegmentator",
+    "compare-segmentation": "ctfm_tools.compare_segmentation",
+    "retrieve": "ctfm_tools.retrieve",
+    "cluster": "ctfm_tools.cluster",
+    "search": "ctfm_tools.search",
+    "ocd": "ctfm_tools.ocd",
+    "pca": "ctfm_tools.pca",
+    "saliency": "ctfm_tools.saliency",
+    "stability": "ctfm_tools.stability",
+    "convert-sinoct": "ctfm_tools.convert_sinoct",
+    "convert-cq500": "ctfm_tools.convert_cq500",
 }
 
 SUMMARIES: dict[str, str] = {
@@ -36,7 +47,18 @@ SUMMARIES: dict[str, str] = {
     "info": "versions, conventions and the class map, without loading weights",
     "idc-manifest": "rebuild the paper's pretraining CT series list from the Imaging Data Commons",
     "convert-msd": "MSD CT tumour tasks (Liver, Lung, Pancreas, HepaticVessel) -> tumour-only labels, seeded datalist",
-    "evaluate-tumour": "tumour Dice and surface distance (mm) per case with 95% CIs; side-by-side table of runs",
+    "evaluate-tumour": "tumour Dice and surface distance (mm) per case with 95 percent CIs; side-by-side table of runs",
+    "convert-totalsegmentator": "TotalSegmentator v2 dataset -> label maps and a datalist with the official split",
+    "compare-segmentation": "compare two segmentation evaluations: per-structure win rate, group means, figure",
+    "retrieve": "top-k retrieval of embeddings with the paper's metrics (OrganMNIST3D, 3D-MIR)",
+    "cluster": "t-SNE of embeddings at several perplexities, coloured by label",
+    "search": "semantic concept search: a point in one scan -> best match and heatmap in others",
+    "ocd": "organ centroid distance and inside rate of semantic search over a datalist",
+    "pca": "PCA concept maps of patch embeddings in CIELAB colours",
+    "saliency": "occlusion-based feature deviation saliency map",
+    "stability": "test-retest stability of patch embeddings",
+    "convert-sinoct": "SinoCT labels -> triage datalist with a seeded 8:1:1 split",
+    "convert-cq500": "CQ500 reads + DICOM studies -> triage test datalist (one normal/abnormal label per scan)",
 }
 
 

@@ -1,0 +1,127 @@
+"""Retrieval metrics, readers, the search index and t-SNE plots (no encoder needed: fast)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ctfm_tools.retrieve import EmbeddingIndex, read_organmnist3d, retrieval_metrics
+
+CTFM = [sys.executable, "-m", "ctfm_tools.cli"]
+
+
+def test_retrieval_metrics_equal_hand_computed_values():
+    corpus = np.array(["a", "a", "b", "b", "c"])
+    # query 0 (a): ranks b, a, a -> rel 0 1 1; query 1 (c): ranks a, b, b -> nothing relevant
+    neighbours = np.array([[2, 0, 1], [0, 2, 3]])
+    m = retrieval_metrics(np.array(["a", "c"]), corpus, neighbours, ks=(1, 3))
+    assert m["precision@3"] == pytest.approx((2 / 3 + 0) / 2)
+    assert m["hit_rate@3"] == pytest.approx(0.5) and m["hit_rate@1"] == 0.0
+    # AP@3 of query 0: mean of P@2 = 1/2 and P@3 = 2/3
+    assert m["ap@3"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 0) / 2)
+    # F1@3 of query 0: P = 2/3, R = 2/2 -> 0.8
+    assert m["f1@3"] == pytest.approx((0.8 + 0) / 2)
+
+
+def clustered(n, d=32, centres=20, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d)).astype(np.float32)
+    return c[rng.integers(0, centres, n)] + 0.3 * rng.normal(size=(n, d)).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_exact_index_matches_brute_force_and_ivf_recall_is_high(metric):
+    corpus, queries = clustered(4000), clustered(50, seed=1)
+    exact = EmbeddingIndex(corpus, metric=metric, kind="exact")
+    _, idx = exact.search(queries, 10)
+    if metric == "cosine":
+        unit = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
+        brute = np.argsort(-(queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T, axis=1)[:, :10]
+    else:
+        brute = np.argsort(((queries[:, None] - corpus[None]) ** 2).sum(-1), axis=1)[:, :10]
+    assert (idx[:, 0] == brute[:, 0]).all()
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, brute)]) > 0.99
+    _, approx = EmbeddingIndex(corpus, metric=metric, kind="ivf", nlist=64, nprobe=8).search(queries, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, idx)]) >= 0.95
+
+
+def write_organmnist_like(path, n=(6, 2, 2), size=8):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (count, size, size, size), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 3, (count, 1))
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_organmnist_reader_scales_to_unit_range_and_flattens_labels(tmp_path):
+    arrays = write_organmnist_like(tmp_path / "organmnist3d.npz")
+    splits = read_organmnist3d(tmp_path / "organmnist3d.npz")
+    images, labels = splits["train"]
+    assert images.shape == (6, 8, 8, 8) and images.max() <= 1.0
+    np.testing.assert_allclose(images, arrays["train_images"] / 255.0, rtol=1e-6)
+    assert labels.shape == (6,)
+    np.savez(tmp_path / "bad.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="train_images"):
+        read_organmnist3d(tmp_path / "bad.npz")
+
+
+def test_retrieve_cli_scores_3d_mir_like_tables(tmp_path):
+    """3D-MIR look-alike: query q0 is nearest to c0 (cancer 1, group A), then c1, then c2."""
+    e = np.eye(4, dtype=np.float32)
+    corpus = np.stack([e[0], e[0] + 0.5 * e[1], e[1], e[2]])
+    np.savez(tmp_path / "corpus.npz", embeddings=corpus, ids=np.array(["c0", "c1", "c2", "c3"]))
+    np.savez(tmp_path / "queries.npz", embeddings=e[:1], ids=np.array(["q0"]))
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows([["case_id", "cancer_flag", "lesion_group"], ["c0", 1, "A"], ["c1", 0, "B"], ["c2", 1, "A"],
+                     ["c3", 0, "B"], ["q0", 1, "A"]])
+    out = subprocess.run([*CTFM, "retrieve", "--corpus", str(tmp_path / "corpus.npz"), "--queries",
+                          str(tmp_path / "queries.npz"), "--labels", str(tmp_path / "labels.csv"), "--id-column",
+                          "case_id", "--label-column", "cancer_flag", "lesion_group", "--k", "1", "3",
+                          "--output-dir", str(tmp_path / "r")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())["metrics"]
+    # ranking c0, c1, c2: relevant 1, 0, 1 for both columns
+    assert metrics["cancer_flag"]["precision@3"] == pytest.approx(2 / 3)
+    assert metrics["lesion_group"]["ap@3"] == pytest.approx((1 + 2 / 3) / 2)
+    assert metrics["cancer_flag"]["precision@1"] == 1.0
+    rows = list(csv.DictReader(open(tmp_path / "r" / "neighbours.csv")))
+    assert [r["match"] for r in rows] == ["c0", "c1", "c2"]
+    again = subprocess.run(out.args, capture_output=True, text=True)
+    assert again.returncode == 1 and "already holds files" in again.stderr
+
+
+def test_cluster_writes_one_readable_png_per_perplexity(tmp_path):
+    emb = clustered(30, d=16, centres=3)
+    ids = [f"s{i}" for i in range(30)]
+    np.savez(tmp_path / "e.npz", embeddings=emb, ids=np.array(ids))
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["scan_id", "organ"])
+        w.writerows([i, ["liver", "spleen", "kidney"][n % 3]] for n, i in enumerate(ids))
+    out = subprocess.run([*CTFM, "cluster", "--embeddings", str(tmp_path / "e.npz"), "--labels",
+                          str(tmp_path / "labels.csv"), "--label-column", "organ", "--perplexity", "5", "10", "100",
+                          "--output-dir", str(tmp_path / "t")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    pngs = sorted((tmp_path / "t").glob("tsne_perplexity_*.png"))
+    assert [p.name for p in pngs] == ["tsne_perplexity_10.png", "tsne_perplexity_5.png"]  # 100 >= 30 points: skipped
+    for p in pngs:
+        img = np.asarray(Image.open(p).convert("RGB"))
+        assert img.shape == (700, 800, 3)
+        assert (np.abs(img[..., 0].astype(int) - img[..., 2]) > 60).any()  # coloured points, not only axes
+    assert json.loads((tmp_path / "t" / "cluster.json").read_text())["skipped_perplexities"] == [100.0]
+
+
+def test_lab_to_rgb_known_colours():
+    from ctfm_tools.pca import lab_to_rgb
+
+    rgb = lab_to_rgb(np.array([[100.0, 0, 0], [0.0, 0, 0], [53.24, 80.09, 67.20]]))
+    np.testing.assert_allclose(rgb, [[1, 1, 1], [0, 0, 0], [1, 0, 0]], atol=0.01)
