@@ -1,0 +1,18 @@
+"""The inference comparison of bench_segmentation_inference.py on the GPU (run by benchmarks/gpu.sh).
+
+    python benchmarks/gpu_segmentation_inference.py            # on a CUDA machine, paper size
+    python benchmarks/gpu_segmentation_inference.py --smoke    # anywhere: tiny size, CPU when no GPU
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_segmentation_inference import main  # noqa: E402
+
+if __name__ == "__main__":
+    if not torch.cuda.is_available() and "--smoke" not in sys.argv:
+        sys.exit("gpu_segmentation_inference: no CUDA device; run it on the GPU machine, or with --smoke here.")
+    main(device="cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,204 @@
+"""bundles/ct_fm_segmentation through the real CLI (`python -m monai.bundle ...` in a subprocess), CPU only.
+
+Tiny shapes: 32^3 patches at a coarse spacing, phantoms of a few thousand voxels, 1 training
+volume read twice per batch for the learning run. One training run (module fixture) serves the
+learning, evaluation and inference tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_runner import run_bundle
+from monai.transforms import LoadImage
+
+from ctfm.data.phantoms import write_body_phantoms, write_defective_inputs
+from ctfm.networks import build_encoder, build_segmentation_network
+from ctfm.registry import totalsegmentator_classes
+from ctfm.weights import load_network_weights, read_state_dict, save_pretrained
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_segmentation"
+TINY = {"patch_size": [32, 32, 32], "num_workers": 0, "checkpoint_interval": 1000}
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    """Three body phantoms (2 training, 1 validation), and one phantom with only its 5 largest structures
+    (train = validate on it: a task a few CPU steps can visibly learn)."""
+    root = tmp_path_factory.mktemp("phantoms")
+    datalist = write_body_phantoms(root / "body", num=3, seed=0)
+    first = json.loads(datalist.read_text())["training"][0]
+    label = nib.load(root / "body" / first["label"])
+    ids = np.asarray(label.dataobj)
+    present, counts = np.unique(ids[ids > 0], return_counts=True)
+    largest = present[np.argsort(-counts)[:5]]
+    nib.save(nib.Nifti1Image(np.where(np.isin(ids, largest), ids, 0).astype(np.uint8), label.affine, label.header),
+             root / "body" / "largest5.nii.gz")
+    entry = {"image": first["image"], "label": "largest5.nii.gz"}
+    one = root / "body" / "one_phantom.json"
+    one.write_text(json.dumps({"training": [entry, entry], "validation": [entry], "testing": [entry]}))
+    names = [totalsegmentator_classes()[int(i)] for i in largest]
+    return {"dir": datalist.parent, "datalist": datalist, "one": one, "one_structures": names}
+
+
+@pytest.fixture(scope="module")
+def ct_fm_weights(tmp_path_factory):
+    """Encoder weights the project wrote, in the released layout."""
+    torch.manual_seed(7)
+    return save_pretrained(build_encoder(), tmp_path_factory.mktemp("weights") / "ct_fm_test")
+
+
+def tensorboard_scalars(folder: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = []
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values += [e.value for e in acc.Scalars(tag)]
+    return values
+
+
+@pytest.fixture(scope="module")
+def trained(phantoms, ct_fm_weights, tmp_path_factory):
+    """A short run on one phantom from the CT-FM weights (one step per epoch), validated on it twice."""
+    out = tmp_path_factory.mktemp("train_ctfm")
+    proc = run_bundle(BUNDLE, "train.json", {
+        **TINY, "dataset_dir": str(phantoms["dir"]), "datalist": str(phantoms["one"]), "output_dir": str(out),
+        "ct_fm_weights": str(ct_fm_weights), "spacing": [4, 4, 4], "epochs": 8, "val_interval": 4,
+        "warmup_epochs": 0, "learning_rate": 3e-4, "batch_size": 2,
+    })
+    return {"out": out, "log": proc.stdout + proc.stderr, "model": out / "models" / "model.pt"}
+
+
+def test_training_from_ct_fm_weights_reduces_the_loss(trained, ct_fm_weights):
+    """The pipeline optimises: DiceCE with deep supervision falls within 8 steps (measured: ~10.8 -> ~2-3).
+
+    A rise of validation Dice is NOT asserted: on 2 CPU cores the 87M-parameter network does not get
+    past scattered predictions within this test's budget (issue 4 note), so such an assertion would
+    test noise. Validation still runs and is recorded twice.
+    """
+    assert f"Loaded 161 encoder tensors from {ct_fm_weights}" in trained["log"]
+    loss = tensorboard_scalars(trained["out"], "train_loss")
+    assert len(loss) == 8, loss
+    assert np.mean(loss[-3:]) < 0.7 * np.mean(loss[:2]), f"training loss did not fall: {loss}"
+    dice = tensorboard_scalars(trained["out"], "val_mean_dice")
+    assert len(dice) == 2 and all(np.isfinite(dice)), dice
+    assert trained["model"].is_file()
+
+
+def test_one_epoch_from_random_init(phantoms, tmp_path):
+    out = tmp_path / "run"
+    proc = run_bundle(BUNDLE, "train.json", {
+        **TINY, "dataset_dir": str(phantoms["dir"]), "output_dir": str(out), "spacing": [4, 4, 4], "epochs": 1,
+        "val_interval": 1, "batch_size": 1,
+    })
+    assert "encoder tensors" not in proc.stdout + proc.stderr
+    assert len(tensorboard_scalars(out, "train_loss")) == 2  # two training phantoms, batch 1
+    assert len(tensorboard_scalars(out, "val_mean_dice")) == 1
+    # the checkpoint loads strictly into the inference network (what inference.json does with --weights)
+    load_network_weights(build_segmentation_network(out_channels=118), out / "models" / "model.pt")
+
+
+def _initialized_network(overrides: dict):
+    """Start the train workflow in-process (parse + `initialize`), as `monai.bundle run` does first."""
+    from monai.bundle import ConfigWorkflow
+
+    sys.path.insert(0, str(BUNDLE))
+    try:
+        workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "train.json"), workflow_type="train",
+                                  meta_file=str(BUNDLE / "configs" / "metadata.json"), **overrides)
+        workflow.initialize()
+        return workflow.parser.get_parsed_content("network")
+    finally:
+        sys.path.remove(str(BUNDLE))
+
+
+def test_encoder_holds_the_ct_fm_weights_after_start_up(phantoms, ct_fm_weights, tmp_path):
+    base = {"dataset_dir": str(phantoms["dir"]), "output_dir": str(tmp_path), "num_workers": 0, "bundle_root": str(BUNDLE)}
+    expected = read_state_dict(ct_fm_weights)
+    loaded = _initialized_network({**base, "ct_fm_weights": str(ct_fm_weights)}).encoder.state_dict()
+    assert set(loaded) == set(expected)
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+    random = _initialized_network(base).encoder.state_dict()
+    assert not torch.equal(random["conv_init.weight"], expected["conv_init.weight"])
+
+
+def test_evaluation_writes_per_structure_dice_and_group_means(trained, phantoms, tmp_path):
+    out = tmp_path / "eval"
+    run_bundle(BUNDLE, ["train.json", "evaluate.json"], {
+        **TINY, "dataset_dir": str(phantoms["dir"]), "datalist": str(phantoms["one"]), "output_dir": str(out),
+        "weights": str(trained["model"]), "spacing": [4, 4, 4],
+    })
+    summary = json.loads((out / "summary.json").read_text())
+    rows = list(csv.DictReader(open(out / "per_structure_dice.csv")))
+    assert len(rows) == 1 and list(rows[0])[:3] == ["case", "spleen", "kidney_right"] and len(rows[0]) == 118
+    dice = {name: float(v) for name, v in rows[0].items() if name != "case"}
+    assert all(not np.isnan(dice[name]) for name in phantoms["one_structures"])  # in the truth: always counted
+    assert summary["absent_from_both"] == sum(np.isnan(v) for v in dice.values()) > 0  # e.g. the brain
+    assert summary["macro_mean_dice"]["mean"] == pytest.approx(np.nanmean(list(dice.values())), abs=1e-3)
+    assert set(summary["groups"]) == {"organs", "vertebrae", "cardiac", "muscles", "ribs"}
+
+
+def test_inference_on_real_dicom_and_lps_nrrd_keeps_the_input_grid(trained, sample_ct, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copytree(sample_ct.dicom_dir, inputs / "abdomen_dicom")
+    shutil.copy(sample_ct.chest_nrrd, inputs / "chest_ct.nrrd")
+    out = tmp_path / "pred"
+    run_bundle(BUNDLE, "inference.json", {
+        "input": str(inputs), "output_dir": str(out), "weights": str(trained["model"]), "spacing": [6, 6, 6],
+        "patch_size": [32, 32, 32],
+    })
+    for source, name in ((inputs / "abdomen_dicom", "abdomen_dicom_seg"), (inputs / "chest_ct.nrrd", "chest_ct_seg")):
+        image = LoadImage(reader="ITKReader", image_only=True)(str(source))
+        label = LoadImage(image_only=True)(str(out / f"{name}.nii.gz"))
+        assert label.shape == image.shape, name
+        np.testing.assert_allclose(label.affine, image.affine, atol=1e-3, err_msg=name)
+        sidecar = json.loads((out / f"{name}.json").read_text())
+        assert sidecar["labels"]["5"] == "liver" and len(sidecar["labels"]) == 118
+        assert set(map(int, sidecar["present"])) == {int(v) for v in np.unique(np.asarray(label)) if v > 0}
+
+
+def test_network_passes_verify_net_in_out():
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
+           "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
+           "--config_file", str(BUNDLE / "configs" / "inference.json"), "--n", "1", "--any", "1"]
+    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+# --- Bad input: the message names the file, the problem and the fix --------------------------
+def test_label_map_on_another_grid_stops_training_with_a_clear_message(tmp_path):
+    defects = write_defective_inputs(tmp_path / "defects")
+    datalist = tmp_path / "bad.json"
+    entry = {"image": str(defects["label_other_grid_image"]), "label": str(defects["label_other_grid"])}
+    datalist.write_text(json.dumps({"training": [entry], "validation": [entry]}))
+    proc = run_bundle(BUNDLE, "train.json", {**TINY, "dataset_dir": str(tmp_path), "datalist": str(datalist),
+                                             "output_dir": str(tmp_path / "run"), "epochs": 1}, check=False)
+    assert proc.returncode != 0
+    assert "label_other_grid.nii.gz" in proc.stderr and "is not on the grid of image" in proc.stderr
+    assert "nearest" in proc.stderr  # the fix: resample with nearest-neighbour interpolation
+
+
+def test_inference_input_errors_name_the_file(tmp_path):
+    defects = write_defective_inputs(tmp_path / "defects")
+    proc = run_bundle(BUNDLE, "inference.json", {"input": str(tmp_path / "missing.nii.gz"), "weights": "",
+                                                 "output_dir": str(tmp_path / "o1")}, check=False)
+    assert proc.returncode != 0 and "missing.nii.gz: no such file or folder" in proc.stderr
+    proc = run_bundle(BUNDLE, "inference.json", {"input": str(defects["two_d"]), "weights": "",
+                                                 "output_dir": str(tmp_path / "o2")}, check=False)
+    assert proc.returncode != 0
+    assert "two_d.nii.gz" in proc.stderr and "expected a 3-D volume" in proc.stderr
