@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
     """Three body phantoms (2 training, 1 validation), and one phantom with only its 5 largest structures
-    (train = validate on it: a task a few CPU steps can visibly learn)."""
+    (train = validate on it: the smallest task for the loss-falls check)."""
     root = tmp_path_factory.mktemp("phantoms")
     datalist = write_body_phantoms(root / "body", num=3, seed=0)
     first = json.loads(datalist.read_text())["training"][0]

@@ -36,6 +36,8 @@ COMMANDS: dict[str, str] = {
     "stability": "ctfm_tools.stability",
     "convert-sinoct": "ctfm_tools.convert_sinoct",
     "convert-cq500": "ctfm_tools.convert_cq500",
+    "prepare-pretraining": "ctfm_tools.prepare_pretraining",
+    "select-checkpoint": "ctfm_tools.select_checkpoint",
 }
 
 SUMMARIES: dict[str, str] = {
@@ -59,6 +61,8 @@ SUMMARIES: dict[str, str] = {
     "stability": "test-retest stability of patch embeddings",
     "convert-sinoct": "SinoCT labels -> triage datalist with a seeded 8:1:1 split",
     "convert-cq500": "CQ500 reads + DICOM studies -> triage test datalist (one normal/abnormal label per scan)",
+    "prepare-pretraining": "filter and cache CT scans for CT-FM pretraining (parallel, resumable, shardable)",
+    "select-checkpoint": "rank pretraining checkpoints by few-shot segmentation Dice with a frozen encoder",
 }
 
 

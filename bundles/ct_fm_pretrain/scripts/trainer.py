@@ -1,0 +1,65 @@
+"""MONAI ``SupervisedTrainer`` with the contrastive iteration: no labels, views grouped by scan."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from monai.engines import SupervisedTrainer
+from torch.nn.parallel import DistributedDataParallel
+
+from scripts.losses import embedding_std, pair_similarities
+
+
+class ContrastiveTrainer(SupervisedTrainer):
+    """One iteration: ``(S, M, 2, 1, *patch)`` views -> encoder -> head -> loss grouped by scan -> step.
+
+    ``scans_per_forward`` splits the S scans of a batch into smaller forward/backward passes whose
+    gradients add up before one optimiser step. The intra-sample losses never mix scans, so this is
+    exact for them (BatchNorm sees smaller batches); it lets the paper's 16 x 20 batch fit in memory.
+
+    Output (what the handlers log): loss, lr, positive_similarity, negative_similarity, embedding_std.
+    """
+
+    def __init__(self, *args, scans_per_forward: int | None = None, **kwargs):
+        kwargs.setdefault("decollate", False)  # the output is a dict of scalars, not a batch
+        super().__init__(*args, **kwargs)
+        self.scans_per_forward = scans_per_forward
+
+    def _iteration(self, engine: ContrastiveTrainer, batchdata: torch.Tensor) -> dict:
+        views = batchdata.to(engine.state.device, non_blocking=engine.non_blocking)
+        scans, crops = views.shape[:2]
+        parts = views.split(engine.scans_per_forward or scans)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        total, embeddings, projections = 0.0, [], []
+        for i, part in enumerate(parts):
+            # Under DDP, gradients are averaged across processes once, on the last part.
+            sync = nullcontext()
+            if isinstance(engine.network, DistributedDataParallel) and i < len(parts) - 1:
+                sync = engine.network.no_sync()
+            with sync:
+                with torch.autocast(views.device.type, enabled=engine.amp, **engine.amp_kwargs):
+                    embedding, projection, prediction = engine.network(part.flatten(0, 2), project=True)
+                    grouped = (part.shape[0], crops, 2, -1)
+                    loss = engine.loss_function(
+                        projection.reshape(grouped), None if prediction is None else prediction.reshape(grouped)
+                    )
+                weighted = loss * (part.shape[0] / scans)
+                (engine.scaler.scale(weighted) if engine.amp and engine.scaler else weighted).backward()
+            total += float(weighted.detach())
+            embeddings.append(embedding.detach())
+            projections.append(projection.detach().reshape(grouped))
+        if engine.amp and engine.scaler:
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            engine.optimizer.step()
+        positive, negative = pair_similarities(torch.cat(projections))
+        return {
+            "loss": total,
+            "lr": engine.optimizer.param_groups[0]["lr"],
+            "positive_similarity": positive,
+            "negative_similarity": negative,
+            "embedding_std": embedding_std(torch.cat(embeddings)),
+        }
