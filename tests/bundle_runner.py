@@ -20,3 +20,17 @@ def verify_metadata(bundle: str | Path, tmp_path: Path) -> subprocess.CompletedP
     meta = Path(bundle) / "configs" / "metadata.json"
     cmd = [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta), "--filepath", str(schema)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def use_bundle_scripts(bundle: str | Path) -> None:
+    """Make ``import scripts`` mean this bundle's ``scripts/`` package, in this test process.
+
+    Every bundle has its own top-level ``scripts`` package (the MONAI convention), so a process that
+    tests several bundles must drop the one imported before, as MONAI Label does (``unload_module``).
+    """
+    bundle = str(Path(bundle).resolve())
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[name]
+    sys.path[:] = [p for p in sys.path if not (Path(p) / "scripts" / "__init__.py").is_file() or p == bundle]
+    if bundle not in sys.path:
+        sys.path.insert(0, bundle)

@@ -20,11 +20,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bundle_runner import run_bundle, verify_metadata
+from bundle_runner import run_bundle, use_bundle_scripts, verify_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "ct_fm_pretrain"
-sys.path.insert(0, str(BUNDLE))  # the bundle's `scripts` package, as monai.bundle run does
+use_bundle_scripts(BUNDLE)  # the bundle's `scripts` package, as monai.bundle run does
 
 from scripts.losses import (  # noqa: E402
     CrossSampleNTXentLoss,
@@ -143,6 +143,7 @@ def test_unknown_framework_names_the_valid_ones():
 def test_patch_pairs_from_a_small_cached_scan(tmp_path):
     from monai.transforms import Compose
 
+    use_bundle_scripts(BUNDLE)
     from scripts.data import RandomResizedCrop, ScanPatchPairs
 
     volume = np.full((10, 20, 30), -1024, np.int16)

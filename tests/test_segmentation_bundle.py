@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import run_bundle
+from bundle_runner import run_bundle, use_bundle_scripts
 from monai.transforms import LoadImage
 
 from ctfm.data.phantoms import write_body_phantoms, write_defective_inputs
@@ -115,14 +115,11 @@ def _initialized_network(overrides: dict):
     """Start the train workflow in-process (parse + `initialize`), as `monai.bundle run` does first."""
     from monai.bundle import ConfigWorkflow
 
-    sys.path.insert(0, str(BUNDLE))
-    try:
-        workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "train.json"), workflow_type="train",
-                                  meta_file=str(BUNDLE / "configs" / "metadata.json"), **overrides)
-        workflow.initialize()
-        return workflow.parser.get_parsed_content("network")
-    finally:
-        sys.path.remove(str(BUNDLE))
+    use_bundle_scripts(BUNDLE)
+    workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "train.json"), workflow_type="train",
+                              meta_file=str(BUNDLE / "configs" / "metadata.json"), **overrides)
+    workflow.initialize()
+    return workflow.parser.get_parsed_content("network")
 
 
 def test_encoder_holds_the_ct_fm_weights_after_start_up(phantoms, ct_fm_weights, tmp_path):

@@ -16,10 +16,10 @@ import torch
 from ctfm.registry import TOTALSEG_NUM_CLASSES, totalsegmentator_classes
 from ctfm_tools.compare_segmentation import compare_segmentation
 from ctfm_tools.convert_totalsegmentator import convert_totalsegmentator
-from bundle_runner import verify_metadata
+from bundle_runner import use_bundle_scripts, verify_metadata
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_segmentation"
-sys.path.insert(0, str(BUNDLE))  # the bundle's own `scripts` package, as MONAI imports it
+use_bundle_scripts(BUNDLE)  # the bundle's own `scripts` package, as MONAI imports it
 from scripts.evaluation import StructureDice, read_per_case, write_report  # noqa: E402
 
 CHANNEL_DEF = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"][

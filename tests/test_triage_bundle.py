@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_runner import REPO, run_bundle, verify_metadata
+from bundle_runner import REPO, run_bundle, use_bundle_scripts, verify_metadata
 
 BUNDLE = REPO / "bundles" / "ct_fm_triage"
 # Tiny but faithful: phantoms sampled at 4 mm and the bundle resampling to the same 4 mm keep the
@@ -35,9 +35,8 @@ EPOCHS = 3
 
 @pytest.fixture(scope="module", autouse=True)
 def _bundle_on_path():
-    sys.path.insert(0, str(BUNDLE))  # the in-process tests import the bundle's scripts/ as the CLI does
+    use_bundle_scripts(BUNDLE)  # the in-process tests import the bundle's scripts/ as the CLI does
     yield
-    sys.path.remove(str(BUNDLE))
 
 
 @pytest.fixture(scope="module")

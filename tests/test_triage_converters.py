@@ -57,15 +57,12 @@ def test_sinoct_datalist_has_a_seeded_stratified_811_split(sinoct_tree, tmp_path
     assert json.loads((tmp_path / "b.json").read_text())["testing"] == first["testing"]
     assert json.loads((tmp_path / "c.json").read_text())["testing"] != first["testing"]
     # The bundle reads it as it is.
-    import sys
+    from bundle_runner import use_bundle_scripts
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_triage"))
-    try:
-        from scripts.data import load_triage_datalist
+    use_bundle_scripts(Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_triage")
+    from scripts.data import load_triage_datalist
 
-        items = load_triage_datalist(tmp_path / "a.json", root, "validation")
-    finally:
-        sys.path.pop(0)
+    items = load_triage_datalist(tmp_path / "a.json", root, "validation")
     assert [i["label"] for i in items] == [e["label"] for e in first["validation"]]
 
 
