@@ -185,7 +185,8 @@ def cache(scans):
 
 
 def test_preparation_caches_int16_hu_and_records_failures(cache, scans):
-    from ctfm_tools.prepare_pretraining import preprocess_to_hu, read_manifests
+    from ctfm.pretraining_cache import preprocess_to_hu
+    from ctfm_tools.prepare_pretraining import read_manifests
 
     rows = {Path(r["source"]).name: r for r in read_manifests(cache["dir"])}
     assert rows["truncated.nii.gz"]["status"] == "failed" and "truncated" in rows["truncated.nii.gz"]["reason"]

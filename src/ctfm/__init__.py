@@ -8,6 +8,8 @@
 - :mod:`ctfm.embeddings`   512-d embeddings of volumes
 - :mod:`ctfm.viz`          figures a person can read
 - :mod:`ctfm.data`         real sample CT from the package registries, and CT-like phantoms
+- :mod:`ctfm.patch_embeddings` sliding-window (patch) embeddings, per window or from one encoder pass
+- :mod:`ctfm.pretraining_cache` the preprocessed HU cache that pretraining reads
 """
 
 __version__ = "0.1.0"
