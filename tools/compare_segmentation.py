@@ -49,20 +49,11 @@ def _read(path: Path):
     return rows[0][1:], np.array([[float(v) for v in r[1:]] for r in rows[1:]])
 
 
-def _macro_mean(dice):
-    import numpy as np
-
-    with np.errstate(all="ignore"):
-        per_structure = np.nanmean(dice, axis=0)
-    per_structure = per_structure[~np.isnan(per_structure)]
-    return float(per_structure.mean()) if per_structure.size else float("nan")
-
-
 def compare_segmentation(a, b, output, name_a="CT-FM", name_b="random init", label_groups=LABEL_GROUPS) -> dict:
     """Write the comparison (see module docstring) and return its summary."""
     import numpy as np
 
-    from ctfm.metrics import bootstrap_ci
+    from ctfm.metrics import macro_mean_ci
 
     a, b, output = Path(a), Path(b), Path(output)
     names_a, dice_a = _read(a)
@@ -87,7 +78,7 @@ def compare_segmentation(a, b, output, name_a="CT-FM", name_b="random init", lab
     def group_mean(dice, members):
         # as the bundle's evaluate.json: mean over structures of their mean over cases; CI resampling cases
         sub = dice[:, [names_a.index(m) for m in members if m in names_a]]
-        return bootstrap_ci(np.arange(len(sub)), statistic=lambda idx: _macro_mean(sub[idx.astype(int)]))
+        return macro_mean_ci(sub)
 
     group_rows = {g: (group_mean(dice_a, m), group_mean(dice_b, m)) for g, m in groups.items()}
     with open(output / "groups.csv", "w", newline="") as f:

@@ -50,3 +50,18 @@ def bootstrap_paired_ci(
         return float(metric(t, p)), float("nan"), float("nan")
     low, high = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return float(metric(t, p)), float(low), float(high)
+
+
+def macro_mean(values: np.ndarray) -> float:
+    """Mean over structures (columns) of each structure's mean over cases (rows); NaNs left out at both steps."""
+    values = np.asarray(values, dtype=float)
+    with np.errstate(all="ignore"):
+        per_structure = np.nanmean(values, axis=0) if values.size else np.array([])
+    per_structure = per_structure[~np.isnan(per_structure)]
+    return float(per_structure.mean()) if per_structure.size else float("nan")
+
+
+def macro_mean_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """:func:`macro_mean` of a cases x structures array with its bootstrap interval, resampling cases."""
+    values = np.asarray(values, dtype=float)
+    return bootstrap_ci(np.arange(len(values)), statistic=lambda idx: macro_mean(values[idx.astype(int)]), seed=seed)

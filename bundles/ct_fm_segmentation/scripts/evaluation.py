@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from monai.metrics import DiceMetric
 
-from ctfm.metrics import bootstrap_ci
+from ctfm.metrics import bootstrap_ci, macro_mean_ci
 
 PER_CASE_CSV = "per_structure_dice.csv"
 SUMMARY_CSV = "summary.csv"
@@ -51,17 +51,9 @@ def read_per_case(path: str | os.PathLike) -> tuple[list[str], list[str], np.nda
     return [r[0] for r in body], [header[i] for i in keep], values
 
 
-def macro_mean(dice: np.ndarray) -> float:
-    """Mean over structures of each structure's mean over cases (NaNs left out at both steps)."""
-    with np.errstate(all="ignore"):
-        per_structure = np.nanmean(dice, axis=0) if dice.size else np.array([])
-    per_structure = per_structure[~np.isnan(per_structure)]
-    return float(per_structure.mean()) if per_structure.size else float("nan")
-
-
 def _ci_over_cases(dice: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
     """Macro mean with a 95% percentile-bootstrap interval, resampling cases."""
-    return bootstrap_ci(np.arange(len(dice)), statistic=lambda idx: macro_mean(dice[idx.astype(int)]), seed=seed)
+    return macro_mean_ci(dice, seed=seed)
 
 
 def write_report(
