@@ -29,8 +29,11 @@ TINY = {
     "init_filters": 4,
     "num_workers": 0,
     "amp": False,
+    # Windows as channels: learns bleeds within ~6 epochs for every seed tried (0-3); the authors'
+    # concat layout also learns but, at this size, not reliably within 20 epochs (one seed in four).
+    "window_layout": "channels",
 }
-EPOCHS = 3
+EPOCHS = 12
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,8 +46,9 @@ def _bundle_on_path():
 def head_phantoms(tmp_path_factory) -> Path:
     """Pairs of head phantoms: each seed once without and once with a bleed (its only difference).
 
-    With pairs a network cannot tell the classes apart by who the head is, only by the bleed, so a
-    handful of epochs on 24 pairs is enough to learn it.
+    With pairs a network cannot tell the classes apart by who the head is, only by the bleed. Bleeds
+    are twice the default size (large haematomas): at the default size, bleeds of a few 4 mm voxels
+    in a 0.3-scale head, no tiny setting tried learned within minutes of CPU time.
     """
     from ctfm.data.phantoms import make_head_phantom
 
@@ -56,7 +60,8 @@ def head_phantoms(tmp_path_factory) -> Path:
         datalist[name] = []
         for seed in seeds:
             for bleed in (0, 1):
-                phantom = make_head_phantom(seed=seed, bleed=bool(bleed), spacing=(4.0, 4.0, 4.0))
+                phantom = make_head_phantom(seed=seed, bleed=bool(bleed), spacing=(4.0, 4.0, 4.0),
+                                            bleed_size=2.0)
                 image = f"images/head_{seed:03d}_{'bleed' if bleed else 'normal'}.nii.gz"
                 nib.save(phantom.to_nifti("image"), root / image)
                 datalist[name].append({"image": image, "label": bleed})
@@ -69,15 +74,18 @@ def trained(head_phantoms, tmp_path_factory) -> Path:
     """One short training run, shared: its output folder (model.pt, threshold.json, checkpoints)."""
     out = tmp_path_factory.mktemp("triage_train") / "run"
     run_bundle(BUNDLE, "train.json", {
-        "dataset_dir": str(head_phantoms), "output_dir": str(out), "epochs": EPOCHS, "batch_size": 8,
+        "dataset_dir": str(head_phantoms), "output_dir": str(out), "epochs": EPOCHS, "batch_size": 4,
         "learning_rate": 0.001, "cache_rate": 1.0, **TINY,
     })
     return out
 
 
 # --- training, evaluation, inference ------------------------------------------------------------
-# Not asserted yet: that a short CPU run learns bleeds (validation AUROC well above 0.5). No tiny CPU
-# setting tried so far learns; see the issue 5 note. A test that could not fail would hide that.
+@pytest.mark.slow
+def test_short_cpu_training_learns_to_flag_bleeds(trained):
+    """The pipeline learns: the best validation AUROC of a 12-epoch run is far above chance (0.5)."""
+    record = json.loads((trained / "threshold.json").read_text())
+    assert record["validation_auroc"] >= 0.85, record
 
 
 @pytest.mark.slow
@@ -118,6 +126,7 @@ def test_evaluate_writes_metrics_equal_to_sklearn(trained, head_phantoms, tmp_pa
         low, high = metrics[name]["ci95"]
         assert low <= metrics[name]["value"] <= high, name
     assert (out / "roc_curve.png").stat().st_size > 1000
+    assert metrics["auroc"]["value"] >= 0.8  # held-out heads: what was learned generalises
 
 
 @pytest.mark.slow

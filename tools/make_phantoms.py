@@ -45,6 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output-dir", type=Path, required=True, help="folder that receives body/, head/, defects/")
     parser.add_argument("--bleed-fraction", type=_fraction, default=0.5,
                         help="share of head phantoms with a bleed (label 1) (default: 0.5)")
+    parser.add_argument("--bleed-size", type=float, default=1.0,
+                        help="multiplies bleed sizes (default: 1, 8-20 mm semi-axes in an adult head; 2 gives large "
+                        "haematomas that a tiny network learns to flag in a short CPU run)")
     parser.add_argument("--overwrite", action="store_true", help="replace files that differ from what would be written")
 
 
@@ -60,7 +63,8 @@ def run(args) -> int:
             elif kind == "head":
                 num = args.num or 8
                 path = phantoms.write_head_phantoms(output_dir=out, num=num, seed=args.seed,
-                                                    bleed_fraction=args.bleed_fraction, overwrite=args.overwrite)
+                                                    bleed_fraction=args.bleed_fraction, bleed_size=args.bleed_size,
+                                                    overwrite=args.overwrite)
                 print(f"head phantoms: {num} in {out}, datalist {path}")
             else:
                 paths = phantoms.write_defective_inputs(output_dir=out, seed=args.seed, overwrite=args.overwrite)

@@ -628,7 +628,7 @@ def make_body_phantom(
 
 
 # --- Head -------------------------------------------------------------------------------------
-def _bleed_regions(c: _Canvas, rng, inner, brain_semi, intracranial):
+def _bleed_regions(c: _Canvas, rng, inner, brain_semi, intracranial, size: float = 1.0):
     """Up to three hyperdense regions: the first intraparenchymal, the others that or a subdural crescent.
 
     Every parameter is drawn whether or not it is used, so a seed's normal and bleeding heads are the
@@ -641,9 +641,9 @@ def _bleed_regions(c: _Canvas, rng, inner, brain_semi, intracranial):
         kind = "intraparenchymal" if k == 0 or rng.uniform() < 0.5 else "subdural"
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
-        depth, semi = rng.uniform(0, 0.55), rng.uniform(8, 20, 3)
+        depth, semi = rng.uniform(0, 0.55), rng.uniform(8, 20, 3) * size
         lateral = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.7, 0.7), rng.choice([-1.0, 1.0])])
-        thickness, cone = rng.uniform(0.1, 0.2), np.cos(np.radians(rng.uniform(35, 55)))
+        thickness, cone = min(rng.uniform(0.1, 0.2) * size, 0.5), np.cos(np.radians(rng.uniform(35, 55)))
         if k >= count:
             continue
         if kind == "intraparenchymal":
@@ -668,6 +668,7 @@ def make_head_phantom(
     shape: tuple[int, int, int] | None = None,
     orientation: str | None = None,
     noise_std: float | None = None,
+    bleed_size: float = 1.0,
 ) -> Phantom:
     """A CT-like head: scalp, skull, CSF, grey and white matter, ventricles; with ``bleed``, 1-3 bleeds.
 
@@ -675,8 +676,10 @@ def make_head_phantom(
     always inside the intracranial space and labelled brain. ``label`` holds the TotalSegmentator ids
     of skull and brain; ``bleed`` is the bleed mask; ``abnormal`` is 1 with a bleed, 0 without. A
     seed's normal and bleeding heads differ only inside the bleed. Noise is 2-6 HU by default, as in
-    head CT with a soft kernel. Arguments as in :func:`make_body_phantom` (default scale 0.3 x
-    U(0.85, 1.15)).
+    head CT with a soft kernel. Bleed semi-axes are 8-20 mm (in adult-head millimetres, so scaled
+    with the head) times ``bleed_size``; ``bleed_size=2`` gives large haematomas, which a tiny network
+    learns to flag within a short CPU run. Other arguments as in :func:`make_body_phantom` (default
+    scale 0.3 x U(0.85, 1.15)).
     """
     rng = np.random.default_rng(seed)
     drawn = _draw_common(rng, HEAD_SCALE, 0.15, HEAD_NOISE_STD)
@@ -700,7 +703,7 @@ def make_head_phantom(
 
     mask = np.zeros(grid.shape, bool)
     kinds = []
-    for region, kind in _bleed_regions(c, rng, inner, brain, intracranial):
+    for region, kind in _bleed_regions(c, rng, inner, brain, intracranial, bleed_size):
         if bleed:
             region &= intracranial & ((c.label == ids["brain"]) | (c.label == 0))
             c.hu[region], c.label[region] = hu["bleed"], ids["brain"]
@@ -870,6 +873,7 @@ def write_head_phantoms(
     spacing: tuple[float, float, float] | None = None,
     shape: tuple[int, int, int] | None = None,
     orientation: str | None = None,
+    bleed_size: float = 1.0,
 ) -> Path:
     """Write ``num`` head phantoms for normal/abnormal triage and a datalist; returns the datalist's path.
 
@@ -895,7 +899,7 @@ def write_head_phantoms(
         for i in range(num):
             name = f"head_{i:03d}"
             ph = make_head_phantom(_case_seed(seed, i), bleed=bool(abnormal[i]), scale=scale, spacing=spacing,
-                                   shape=shape, orientation=orientation)
+                                   shape=shape, orientation=orientation, bleed_size=bleed_size)
             entry = {"image": f"images/{name}.nii.gz", "label": int(abnormal[i]),
                      "bleed_mask": f"bleed_masks/{name}.nii.gz"}
             yield entry["image"], _nifti_bytes(ph.to_nifti("image"))
