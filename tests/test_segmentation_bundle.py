@@ -85,9 +85,9 @@ def trained(phantoms, ct_fm_weights, tmp_path_factory):
 def test_training_from_ct_fm_weights_reduces_the_loss(trained, ct_fm_weights):
     """The pipeline optimises: DiceCE with deep supervision falls within 8 steps (measured: ~10.8 -> ~2-3).
 
-    A rise of validation Dice is NOT asserted: on 2 CPU cores the 87M-parameter network does not get
-    past scattered predictions within this test's budget (issue 4 note), so such an assertion would
-    test noise. Validation still runs and is recorded twice.
+    The 87M-parameter network does not get past scattered predictions in 8 CPU steps, so the rise of
+    Dice is shown with a smaller network in ``test_a_short_cpu_run_raises_validation_dice``.
+    Validation still runs here and is recorded twice.
     """
     assert f"Loaded 161 encoder tensors from {ct_fm_weights}" in trained["log"]
     loss = tensorboard_scalars(trained["out"], "train_loss")
@@ -96,6 +96,22 @@ def test_training_from_ct_fm_weights_reduces_the_loss(trained, ct_fm_weights):
     dice = tensorboard_scalars(trained["out"], "val_mean_dice")
     assert len(dice) == 2 and all(np.isfinite(dice)), dice
     assert trained["model"].is_file()
+
+
+def test_a_short_cpu_run_raises_validation_dice(phantoms, tmp_path):
+    """The pipeline learns: one phantom's 5 largest structures, a small network (``init_filters`` 8,
+    random init), one step per epoch, about 0.55 s per epoch on 2 cores. Measured at epochs 30, 60,
+    90, 120, 150: validation mean Dice 0.11, 0.39, 0.77, 0.85, 0.85 (seed 0) and 0.01, 0.16, 0.57,
+    0.69, 0.69 (seed 1)."""
+    out = tmp_path / "run"
+    run_bundle(BUNDLE, "train.json", {
+        **TINY, "dataset_dir": str(phantoms["dir"]), "datalist": str(phantoms["one"]), "output_dir": str(out),
+        "spacing": [4, 4, 4], "epochs": 150, "val_interval": 30, "warmup_epochs": 0, "learning_rate": 3e-3,
+        "batch_size": 2, "cache_rate": 1.0, "network_def#init_filters": 8,
+    })
+    dice = tensorboard_scalars(out, "val_mean_dice")
+    assert len(dice) == 5, dice
+    assert dice[0] < 0.4 and dice[-1] > 0.55 and dice[-1] > dice[0] + 0.3, f"validation Dice did not rise: {dice}"
 
 
 def test_one_epoch_from_random_init(phantoms, tmp_path):
