@@ -2,7 +2,11 @@
 
 Same grid, same query (the window at the middle of the real abdomen CT, embedded each method's
 way); reports both times, the number of encoder passes, and whether the best match is the same
-window. Target: pooled >= 10x faster. ``--smoke`` runs a tiny size (what the test suite can afford).
+window. Full size: the tool's defaults (``ctfm search``: 3 x 1 x 1 mm grid, box 16 x 64 x 64, stride
+8 x 16 x 16). Target: pooled >= 10x faster. ``--smoke`` runs a tiny size (what the test suite can afford).
+
+    python -m benchmarks bench_search            # full size: minutes (thousands of windows one by one)
+    python -m benchmarks bench_search --smoke
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from benchmarks.common import write_result
 from ctfm.data.sample_ct import fetch_sample_ct
 from ctfm.networks import build_encoder
 from ctfm.patch_embeddings import cosine_similarity, pooled_window_embeddings, window_embeddings
+from ctfm.registry import EMBEDDING_SPACING
 from ctfm.transforms import preprocess
+from ctfm_tools.search import DEFAULT_BOX, DEFAULT_STRIDE
 
 
 def main() -> None:
@@ -25,7 +31,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny size, to check the script runs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args, _ = parser.parse_known_args()  # `python -m benchmarks` passes the benchmark names on
-    spacing, window, stride = ((6, 6, 6), (16, 16, 16), (8, 16, 16)) if args.smoke else ((3, 2, 2), (16, 64, 64), (8, 16, 16))
+    if args.smoke:
+        spacing, window, stride = (6, 6, 6), (16, 16, 16), (8, 16, 16)
+    else:
+        spacing, window, stride = tuple(EMBEDDING_SPACING), DEFAULT_BOX, DEFAULT_STRIDE
     torch.manual_seed(0)
     encoder = build_encoder().eval().to(args.device)
     image = preprocess(fetch_sample_ct().abdomen_ct, spacing=spacing)
@@ -36,12 +45,15 @@ def main() -> None:
     slow, _ = window_embeddings(encoder, image, window, stride, batch_size=8, device=args.device, progress=False)
     windows_s = time.perf_counter() - t
     q = len(starts) // 2
-    same = int(cosine_similarity(fast[q], fast).argmax() == cosine_similarity(slow[q], slow).argmax())
+    best_fast, best_slow = cosine_similarity(fast[q], fast).argmax(), cosine_similarity(slow[q], slow).argmax()
+    same = int(best_fast == best_slow)
+    apart = np.abs(starts[best_fast] - starts[best_slow]).tolist()  # voxels between the two best windows
     passes = int(np.prod([16 // s if s < 16 else 1 for s in stride]))
     write_result(
         "search" + ("_smoke" if args.smoke else ""),
         figures={"volume": list(image.shape[1:]), "window": list(window), "stride": list(stride), "windows": len(starts),
                  "pooled_s": round(pooled_s, 2), "pooled_encoder_passes": passes, "same_best_match": same,
+                 "best_matches_apart_voxels": apart,
                  "device": str(args.device)},
         baseline={"per_window_s": round(windows_s, 2), "per_window_encoder_passes": len(starts)},
         ratio={"speedup": round(windows_s / pooled_s, 1)},

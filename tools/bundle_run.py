@@ -36,16 +36,20 @@ def run_bundle(
     timeout: float | None = None,
     workflow: str = "run",
     check: bool = True,
+    capture: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run the bundle; with ``check``, a failure raises with the command and the tail of its output."""
+    """Run the bundle; with ``check``, a failure raises with the command and the tail of its output.
+
+    ``capture=False`` streams the bundle's output (progress of long runs) instead of returning it.
+    """
     bundle = Path(bundle)
     cmd = bundle_command(bundle, configs, overrides, workflow)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(bundle), os.environ.get("PYTHONPATH")]))}
     env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=capture, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise RuntimeError(
-            f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout ---\n{proc.stdout[-4000:]}"
-            f"\n--- stderr ---\n{proc.stderr[-6000:]}"
+            f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n--- stdout ---\n{(proc.stdout or '')[-4000:]}"
+            f"\n--- stderr ---\n{(proc.stderr or '')[-6000:]}"
         )
     return proc

@@ -1,9 +1,11 @@
 """Test-retest stability of CT-FM patch embeddings: two scans of one patient, patch by patch (Extended Data Figure 7).
 
 The second scan (retest) is brought onto the first scan's CT-FM grid: through the world
-coordinates both files carry (scanner coordinates; test-retest series of one session already
-agree), or through ``--transform``, a 4 x 4 matrix in world RAS mm that maps retest points onto
-test points (from any registration tool: a rigid registration is a 4 x 4 matrix). Both are cut into
+coordinates both files carry (scanner coordinates; test-retest series of one session often
+agree), through ``--register`` (a rigid registration here: ITK, versor rigid transform initialised
+by image moments, mean squares of HU at 6 mm; the matrix is written to ``registration.txt``), or
+through ``--transform``, a 4 x 4 matrix in world RAS mm that maps retest points onto test points
+(from any registration tool: a rigid registration is a 4 x 4 matrix). Both are cut into
 the same windows; per window it reports the cosine similarity and the mean squared error of the
 two embeddings, flags outlier windows (cosine below Q1 - 1.5 IQR of the windows inside the body,
 Tukey's rule; in the paper these were registration or positioning differences), and writes
@@ -20,12 +22,15 @@ import numpy as np
 
 DESCRIPTION = __doc__
 EXAMPLES = """  ctfm stability --weights ct_fm_feature_extractor/ --output-dir rider_001/ test.nii.gz retest.nii.gz
-  ctfm stability --weights ct_fm_feature_extractor/ --transform retest_to_test.txt --method windows --output-dir rider_002/ test.nrrd retest.nrrd
+  ctfm stability --weights ct_fm_feature_extractor/ --register --output-dir rider_002/ test.nii.gz retest.nii.gz
+  ctfm stability --weights ct_fm_feature_extractor/ --transform retest_to_test.txt --method windows --output-dir rider_003/ test.nrrd retest.nrrd
 """
 
 DEFAULT_BOX = (32, 64, 64)
 DEFAULT_STRIDE = (16, 32, 32)
 BODY_FRACTION = 0.1  # a window is 'inside the body' when at least this fraction of it is above -500 HU
+REGISTRATION_SPACING = 6.0  # mm: coarse enough to be quick, fine enough for sub-millimetre rigid alignment
+REGISTRATION_FILE = "registration.txt"
 
 
 def add_arguments(parser) -> None:
@@ -33,8 +38,12 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("test", help="the first scan (its grid is the reference)")
     parser.add_argument("retest", help="the second scan of the same patient")
-    parser.add_argument("--transform", default=None,
-                        help="text file with a 4x4 matrix (world RAS mm) mapping retest points onto test points")
+    align = parser.add_mutually_exclusive_group()
+    align.add_argument("--register", action="store_true",
+                       help="rigidly register the retest scan onto the test scan first (ITK); the matrix goes to "
+                       f"{REGISTRATION_FILE}")
+    align.add_argument("--transform", default=None,
+                       help="text file with a 4x4 matrix (world RAS mm) mapping retest points onto test points")
     add_window_arguments(parser, box=DEFAULT_BOX, stride=DEFAULT_STRIDE, box_help="window size in voxels (S P L)")
     parser.add_argument("--output-dir", required=True, help="new folder for the maps, windows.csv and summary.json")
 
@@ -48,6 +57,54 @@ def read_transform(path) -> np.ndarray:
     if matrix.shape != (4, 4) or not np.allclose(matrix[3], [0, 0, 0, 1]):
         raise ValueError(f"{path}: expected a 4x4 homogeneous matrix with last row 0 0 0 1, got shape {matrix.shape}.")
     return matrix
+
+
+def rigid_registration(test, retest, spacing: float = REGISTRATION_SPACING) -> tuple[np.ndarray, float]:
+    """The rigid 4 x 4 matrix (world RAS mm) that maps ``retest`` points onto ``test`` points, and the final metric.
+
+    Both are MetaTensors as read (HU, RAS affines). ITK's v4 registration with a versor rigid
+    transform, centred and initialised by image moments, mean squares of HU, on copies resampled
+    to ``spacing`` mm. ITK works in LPS and its transform maps fixed (test) points to moving
+    (retest) points; the result is converted to RAS and inverted.
+    """
+    import itk
+    from monai.data.itk_torch_bridge import metatensor_to_itk_image
+    from monai.transforms import Spacing
+
+    def coarse(image):
+        return metatensor_to_itk_image(Spacing(pixdim=(spacing,) * 3, mode="bilinear")(image).float(), channel_dim=0,
+                                       dtype=np.float32)
+
+    fixed, moving = coarse(test), coarse(retest)
+    image_type = type(fixed)
+    transform = itk.VersorRigid3DTransform[itk.D].New()
+    initializer = itk.CenteredTransformInitializer[itk.VersorRigid3DTransform[itk.D], image_type, image_type].New(
+        Transform=transform, FixedImage=fixed, MovingImage=moving)
+    initializer.MomentsOn()
+    initializer.InitializeTransform()
+    metric = itk.MeanSquaresImageToImageMetricv4[image_type, image_type].New()
+    optimizer = itk.RegularStepGradientDescentOptimizerv4[itk.D].New(
+        LearningRate=2.0, MinimumStepLength=1e-3, NumberOfIterations=300, RelaxationFactor=0.5)
+    optimizer.SetScalesEstimator(itk.RegistrationParameterScalesFromPhysicalShift[type(metric)].New(Metric=metric))
+    registration = itk.ImageRegistrationMethodv4[image_type, image_type].New(
+        FixedImage=fixed, MovingImage=moving, Metric=metric, Optimizer=optimizer, InitialTransform=transform,
+        InPlace=True)
+    registration.SetNumberOfLevels(1)
+    registration.SetShrinkFactorsPerLevel([1])
+    registration.SetSmoothingSigmasPerLevel([0])
+    registration.Update()
+    lps = np.eye(4)
+    lps[:3, :3] = itk.array_from_matrix(transform.GetMatrix())
+    lps[:3, 3] = np.asarray(transform.GetOffset())
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # LPS <-> RAS
+    return np.linalg.inv(flip @ lps @ flip), float(optimizer.GetValue())
+
+
+def describe_rigid(matrix: np.ndarray) -> dict:
+    """Rotation angle (degrees) and translation length (mm) of a rigid 4 x 4 matrix."""
+    cos = np.clip((np.trace(matrix[:3, :3]) - 1) / 2, -1.0, 1.0)
+    return {"rotation_deg": round(float(np.degrees(np.arccos(cos))), 3),
+            "translation_mm": round(float(np.linalg.norm(matrix[:3, 3])), 3)}
 
 
 def retest_on_test_grid(test_image, retest_path, transform: np.ndarray | None = None):
@@ -94,7 +151,7 @@ def compare_patches(model, test, retest, box, stride, method="pooled", device="c
 
 
 def stability(test, retest, weights, output_dir, transform=None, box=DEFAULT_BOX, stride=DEFAULT_STRIDE,
-              method="pooled", spacing=None, batch_size=8, device="cpu", encoder=None) -> dict:
+              method="pooled", spacing=None, batch_size=8, device="cpu", encoder=None, register=False) -> dict:
     """Compare two scans of one patient patch by patch; write maps, windows.csv, summary.json; return the summary."""
     from ctfm.patch_embeddings import save_map, window_centres, windows_to_voxels
     from ctfm.registry import EMBEDDING_SPACING
@@ -104,10 +161,22 @@ def stability(test, retest, weights, output_dir, transform=None, box=DEFAULT_BOX
 
     spacing = tuple(spacing or EMBEDDING_SPACING)
     check_files_exist([{"image": test}, {"image": retest}], keys=("image",), where="the stability inputs")
+    if register and transform:
+        raise ValueError("give either register or transform, not both: the transform already aligns the scans.")
     matrix = read_transform(transform) if transform else None
     out = new_output_dir(output_dir)
     model = encoder if encoder is not None else load_pretrained(weights)
     scan = Scan.read(test, spacing)
+    registration = None
+    if register:
+        from ctfm.validation import check_ct_volume, load_volume
+
+        retest_raw = load_volume(retest)
+        check_ct_volume(retest_raw, str(retest))
+        matrix, metric = rigid_registration(scan.raw, retest_raw)
+        np.savetxt(out / REGISTRATION_FILE, matrix, fmt="%.6f",
+                   header="retest -> test, world RAS mm (rigid, ITK versor; use with --transform)")
+        registration = {"file": str(out / REGISTRATION_FILE), "final_mean_squares": round(metric, 6), **describe_rigid(matrix)}
     moved = retest_on_test_grid(scan.image, retest, matrix)
     result = compare_patches(model, scan.image, moved, box, stride, method, device, batch_size)
     shape = scan.image.shape[1:]
@@ -129,6 +198,7 @@ def stability(test, retest, weights, output_dir, transform=None, box=DEFAULT_BOX
     inside = result["inside"]
     cos_in = result["cosine"][inside] if inside.any() else result["cosine"]
     summary = {"test": str(test), "retest": str(retest), "transform": str(transform) if transform else None,
+               "registration": registration,
                "windows": int(len(inside)), "windows_inside_body": int(inside.sum()),
                "cosine_mean": float(cos_in.mean()), "cosine_median": float(np.median(cos_in)),
                "cosine_min": float(cos_in.min()), "mse_mean": float(result["mse"][inside].mean() if inside.any() else result["mse"].mean()),
@@ -140,8 +210,12 @@ def stability(test, retest, weights, output_dir, transform=None, box=DEFAULT_BOX
 
 def run(args) -> int:
     s = stability(args.test, args.retest, weights=args.weights, output_dir=args.output_dir, transform=args.transform,
+                  register=args.register,
                   box=args.box, stride=args.stride, method=args.method, spacing=args.spacing,
                   batch_size=args.batch_size, device=args.device)
+    if s["registration"]:
+        r = s["registration"]
+        print(f"rigid registration: {r['rotation_deg']} degrees, {r['translation_mm']} mm -> {r['file']}")
     print(f"cosine similarity inside the body: mean {s['cosine_mean']:.4f}, min {s['cosine_min']:.4f} over "
           f"{s['windows_inside_body']} windows; {s['outliers']} outlier window(s). Maps and tables: {args.output_dir}")
     return 0
