@@ -10,7 +10,7 @@ Dice over structures present in either map). With random weights (the default he
 the 118 classes are nearly tied, so agreement is low by construction; pass ``--weights`` with a
 network trained on the sample CT to measure the agreement that the target refers to, or
 ``--train-epochs N`` to first train the bundle on the sample CT through ``python -m monai.bundle run``
-(one 48 x 64 x 64 patch at 1.5 mm per epoch, lr 1e-3; about 4 s per epoch on 2 cores) and use that.
+(one 48 x 64 x 64 patch at 1.5 mm per epoch, lr 3e-4; about 4-8 s per epoch on 2 cores) and use that.
 
     python -m benchmarks bench_segmentation_inference      # paper size: minutes per run on 2 cores
     python -m benchmarks bench_segmentation_inference --train-epochs 200   # + ~15 min of training
@@ -109,7 +109,7 @@ def train_on_sample_ct(epochs: int, output_dir: Path) -> tuple[Path, float]:
         run_bundle(BUNDLE, "train.json", {
             "dataset_dir": str(output_dir), "datalist": str(datalist), "output_dir": str(output_dir),
             "patch_size": [48, 64, 64], "spacing": [1.5, 1.5, 1.5], "epochs": epochs, "val_interval": epochs,
-            "warmup_epochs": 0, "learning_rate": 1e-3, "batch_size": 1, "num_workers": 0, "cache_rate": 1.0,
+            "warmup_epochs": 5, "learning_rate": 3e-4, "batch_size": 1, "num_workers": 0, "cache_rate": 1.0,
             "checkpoint_interval": 10,
         }, capture=False)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -125,3 +125,39 @@ def test_lab_to_rgb_known_colours():
 
     rgb = lab_to_rgb(np.array([[100.0, 0, 0], [0.0, 0, 0], [53.24, 80.09, 67.20]]))
     np.testing.assert_allclose(rgb, [[1, 1, 1], [0, 0, 0], [1, 0, 0]], atol=0.01)
+
+
+@pytest.mark.slow
+def test_retrieve_organmnist_end_to_end(tmp_path):
+    """``--organmnist``: embed an OrganMNIST3D-shaped .npz with CT-FM weights, train = corpus, val + test =
+    queries. Three 'organs' (a bright ball, a bright slab, a dim cube) with noise: any encoder maps
+    each shape near its own kind, so the top neighbours share the query's label."""
+    import torch
+
+    from ctfm.networks import build_encoder
+    from ctfm.weights import save_pretrained
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[:16, :16, :16]
+    shapes = [((z - 8) ** 2 + (y - 8) ** 2 + (x - 8) ** 2 < 25) * 230, (abs(z - 8) < 2) * 200 + 0 * y,
+              ((abs(z - 8) < 5) & (abs(y - 8) < 5) & (abs(x - 8) < 5)) * 90]
+    arrays = {}
+    for split, count in (("train", 12), ("val", 3), ("test", 3)):
+        labels = np.arange(count) % 3
+        noise = rng.normal(0, 8, (count, 16, 16, 16))
+        arrays[f"{split}_images"] = np.clip(np.stack([shapes[c] for c in labels]) + noise + 20, 0, 255).astype(np.uint8)
+        arrays[f"{split}_labels"] = labels[:, None]
+    np.savez(tmp_path / "organmnist3d.npz", **arrays)
+    torch.manual_seed(0)
+    weights = save_pretrained(build_encoder(), tmp_path / "ct_fm_RANDOM_INIT")
+    out = subprocess.run([*CTFM, "retrieve", "--organmnist", str(tmp_path / "organmnist3d.npz"), "--weights",
+                          str(weights), "--k", "1", "3", "--output-dir", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert result["n_corpus"] == 12 and result["n_queries"] == 6
+    organ = result["metrics"]["organ"]
+    assert organ["precision@3"] == pytest.approx(1.0) and organ["hit_rate@1"] == pytest.approx(1.0), organ
+    rows = list(csv.DictReader(open(tmp_path / "r" / "neighbours.csv")))
+    assert len(rows) == 6 * 3 and rows[0]["query"] == "val_0" and rows[0]["match"].startswith("train_")
+    assert "organ: precision@1 1.000" in out.stdout
