@@ -50,6 +50,7 @@ def parse_args():
 
 def train_steps(args, device) -> dict:
     from ignite.engine import Events
+    from scripts.augment import BatchedViewAugmentation
     from scripts.losses import build_criterion
     from scripts.model import PretrainingNetwork
     from scripts.trainer import ContrastiveTrainer
@@ -65,6 +66,7 @@ def train_steps(args, device) -> dict:
             device=device, max_epochs=1, epoch_length=args.steps + 2, train_data_loader=[batch] * (args.steps + 2),
             network=network, optimizer=optimizer, loss_function=build_criterion("simclr_intrasample"),
             amp=device.type == "cuda", amp_kwargs={"dtype": torch.bfloat16}, scans_per_forward=spf,
+            device_augmentation=BatchedViewAugmentation(),  # the step includes it, as in train.json
         )
         times = []
 

@@ -140,6 +140,37 @@ def test_unknown_framework_names_the_valid_ones():
 # --- Patch pairs ---------------------------------------------------------------------------------
 
 
+def test_batched_histogram_shift_and_smoothing_equal_monai_view_by_view():
+    """The device augmentation is MONAI's RandHistogramShift and GaussianSmooth, one draw per view."""
+    from monai.transforms import GaussianSmooth, RandHistogramShift
+
+    from scripts.augment import BatchedViewAugmentation, gaussian_smooth, histogram_shift
+
+    torch.manual_seed(0)
+    views = torch.rand(4, 1, 12, 20, 24)
+    views[3] = 0.5  # a constant view stays as it is
+    shift = RandHistogramShift(num_control_points=5, prob=1.0)
+    shift.set_random_state(3)
+    expected, floating = [], []
+    for v in views:
+        shift.randomize()
+        floating.append(shift.floating_control_points.copy())
+        expected.append(shift(v, randomize=False))
+    got = histogram_shift(views, torch.as_tensor(np.stack(floating), dtype=torch.float32))
+    assert torch.allclose(got, torch.stack(expected), atol=1e-6)
+    sigmas = np.array([[0.3, 1.2, 0.8], [1.5, 0.25, 1.0], [0.7, 0.7, 0.7], [1.4, 1.1, 0.26]])
+    expected = torch.stack([GaussianSmooth(sigma=tuple(s))(v) for v, s in zip(views, sigmas)])
+    assert torch.allclose(gaussian_smooth(views, sigmas), expected, atol=1e-6)
+
+    batch = torch.rand(2, 3, 2, 1, 8, 16, 16)  # (scans, crops, views, C, *patch)
+    augmented = BatchedViewAugmentation(seed=1)(batch)
+    assert augmented.shape == batch.shape and not torch.equal(augmented, batch)
+    changed = (augmented - batch).flatten(3).abs().amax(-1).flatten() > 0
+    assert 0 < int(changed.sum()) < changed.numel()  # p 0.5 each: some views untouched, independently drawn
+    off = BatchedViewAugmentation(histogram_prob=0.0, smooth_prob=0.0)(batch)
+    assert torch.equal(off, batch)
+
+
 def test_patch_pairs_from_a_small_cached_scan(tmp_path):
     from monai.transforms import Compose
 
@@ -289,7 +320,8 @@ def trained(cache, scans):
     overrides = {**TINY, "crops_per_scan": 4, "dataset_dir": str(cache["dir"]), "output_dir": str(out),
                  "datalist": str(cache["dir"] / "train_list.json"), "epochs": 1, "epoch_length": 24,
                  "checkpoint_interval": 12, "learning_rate": 1e-3,
-                 "train#view_transforms": [{"_target_": "RandFlip", "spatial_axis": 0, "prob": 0.5}]}
+                 "train#view_transforms": [{"_target_": "RandFlip", "spatial_axis": 0, "prob": 0.5}],
+                 "train#device_augmentation#histogram_prob": 0.0, "train#device_augmentation#smooth_prob": 0.0}
     t0 = time.perf_counter()
     proc = run_bundle(BUNDLE, "train.json", overrides)
     return {"out": out, "proc": proc, "seconds": time.perf_counter() - t0}

@@ -18,16 +18,23 @@ class ContrastiveTrainer(SupervisedTrainer):
     gradients add up before one optimiser step. The intra-sample losses never mix scans, so this is
     exact for them (BatchNorm sees smaller batches); it lets the paper's 16 x 20 batch fit in memory.
 
+    ``device_augmentation`` (``scripts.augment.BatchedViewAugmentation``) augments every view of the
+    batch on the training device before the forward pass: the costly augmentations run there, not in
+    the DataLoader workers.
+
     Output (what the handlers log): loss, lr, positive_similarity, negative_similarity, embedding_std.
     """
 
-    def __init__(self, *args, scans_per_forward: int | None = None, **kwargs):
+    def __init__(self, *args, scans_per_forward: int | None = None, device_augmentation=None, **kwargs):
         kwargs.setdefault("decollate", False)  # the output is a dict of scalars, not a batch
         super().__init__(*args, **kwargs)
         self.scans_per_forward = scans_per_forward
+        self.device_augmentation = device_augmentation
 
     def _iteration(self, engine: ContrastiveTrainer, batchdata: torch.Tensor) -> dict:
         views = batchdata.to(engine.state.device, non_blocking=engine.non_blocking)
+        if engine.device_augmentation is not None:
+            views = engine.device_augmentation(views)
         scans, crops = views.shape[:2]
         parts = views.split(engine.scans_per_forward or scans)
         engine.network.train()
