@@ -125,7 +125,9 @@ def train_on_sample_ct(epochs: int, output_dir: Path) -> tuple[Path, float]:
 
 def compare(device: str = "cpu", smoke: bool = False, weights: str | None = None, train_epochs: int = 0) -> dict:
     sys.path.insert(0, str(BUNDLE))  # the bundle's scripts package
-    from scripts.evaluation import StructureDice, macro_mean
+    from scripts.evaluation import StructureDice
+
+    from ctfm.metrics import macro_mean
 
     from benchmarks.common import write_result
     from ctfm.data.sample_ct import fetch_sample_ct
