@@ -144,6 +144,7 @@ def test_batched_histogram_shift_and_smoothing_equal_monai_view_by_view():
     """The device augmentation is MONAI's RandHistogramShift and GaussianSmooth, one draw per view."""
     from monai.transforms import GaussianSmooth, RandHistogramShift
 
+    use_bundle_scripts(BUNDLE)  # another test module may have switched `scripts` to its bundle's
     from scripts.augment import BatchedViewAugmentation, gaussian_smooth, histogram_shift
 
     torch.manual_seed(0)
