@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -34,3 +35,12 @@ def use_bundle_scripts(bundle: str | Path) -> None:
     sys.path[:] = [p for p in sys.path if not (Path(p) / "scripts" / "__init__.py").is_file() or p == bundle]
     if bundle not in sys.path:
         sys.path.insert(0, bundle)
+
+
+def run_torchrun(bundle: str | Path, configs: list[str], overrides: dict, processes: int = 2) -> subprocess.CompletedProcess:
+    """The bundle under ``torchrun`` (``torch.distributed.run``), ``processes`` CPU processes (gloo), one thread each."""
+    cmd = bundle_command(bundle, configs, overrides)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={processes}",
+           *cmd[1:]]
+    env = {**os.environ, "PYTHONPATH": str(bundle), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=600)

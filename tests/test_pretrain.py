@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bundle_runner import run_bundle, use_bundle_scripts, verify_metadata
+from bundle_runner import run_bundle, run_torchrun, use_bundle_scripts, verify_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "ct_fm_pretrain"
@@ -407,10 +407,7 @@ def test_two_process_ddp_on_cpu(cache, tmp_path):
     out = tmp_path / "ddp"
     overrides = {**TINY, "scans_per_batch": 1, "dataset_dir": str(cache["dir"]), "output_dir": str(out),
                  "epochs": 1, "epoch_length": 2, "checkpoint_interval": 2}
-    cmd = _bundle_command(["train.json", "multi_gpu_train.json"], overrides)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", *cmd[1:]]
-    env = {**os.environ, "PYTHONPATH": str(BUNDLE), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_torchrun(BUNDLE, ["train.json", "multi_gpu_train.json"], overrides)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "checkpoints" / "checkpoint_final_iteration=2.pt").exists()
     assert (out / "encoders" / "iteration_00000002" / "model.safetensors").exists()

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import run_bundle, use_bundle_scripts
+from bundle_runner import run_bundle, run_torchrun, use_bundle_scripts
 from monai.transforms import LoadImage
 
 from ctfm.data.phantoms import write_body_phantoms, write_defective_inputs
@@ -130,20 +130,15 @@ def test_one_epoch_from_random_init(phantoms, tmp_path):
 def test_two_process_ddp_on_cpu(phantoms, ct_fm_weights, tmp_path):
     """multi_gpu_train.json under torchrun, two CPU processes (gloo): CT-FM encoder loaded in each,
     training and distributed validation, checkpoints and TensorBoard on rank 0 only."""
-    from ctfm_tools.bundle_run import bundle_command
-
     out = tmp_path / "ddp"
     datalist = json.loads(phantoms["datalist"].read_text())
     datalist["validation"].append(datalist["training"][0])  # MONAI's sampler needs a case per process
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
-    cmd = bundle_command(BUNDLE, ["train.json", "multi_gpu_train.json"], {
+    proc = run_torchrun(BUNDLE, ["train.json", "multi_gpu_train.json"], {
         **TINY, "dataset_dir": str(phantoms["dir"]), "datalist": str(tmp_path / "datalist.json"),
         "output_dir": str(out), "spacing": [4, 4, 4], "epochs": 1,
         "val_interval": 1, "batch_size": 1, "ct_fm_weights": str(ct_fm_weights), "checkpoint_interval": 1,
     })
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", *cmd[1:]]
-    env = {**__import__("os").environ, "PYTHONPATH": str(BUNDLE), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = proc.stdout + proc.stderr
     assert log.count(f"Loaded 161 encoder tensors from {ct_fm_weights}") == 2  # each process

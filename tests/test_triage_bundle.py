@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_runner import REPO, run_bundle, use_bundle_scripts, verify_metadata
+from bundle_runner import REPO, run_bundle, run_torchrun, use_bundle_scripts, verify_metadata
 
 BUNDLE = REPO / "bundles" / "ct_fm_triage"
 # Tiny but faithful: phantoms sampled at 4 mm and the bundle resampling to the same 4 mm keep the
@@ -154,17 +154,9 @@ def test_inference_gives_probability_and_label(trained, head_phantoms, tmp_path)
 def test_two_process_ddp_on_cpu(head_phantoms, tmp_path):
     """multi_gpu_train.json under torchrun, two CPU processes (gloo): trains, validates on every rank,
     and only rank 0 writes the model, the threshold and TensorBoard."""
-    import os
-    import subprocess
-
-    from ctfm_tools.bundle_run import bundle_command
-
     out = tmp_path / "ddp"
-    cmd = bundle_command(BUNDLE, ["train.json", "multi_gpu_train.json"], {
+    proc = run_torchrun(BUNDLE, ["train.json", "multi_gpu_train.json"], {
         "dataset_dir": str(head_phantoms), "output_dir": str(out), "epochs": 1, "batch_size": 4, **TINY})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2", *cmd[1:]]
-    env = {**os.environ, "PYTHONPATH": str(BUNDLE), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "model.pt").is_file() and (out / "threshold.json").is_file()
     assert (out / "checkpoint_epoch=1.pt").is_file()
