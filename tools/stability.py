@@ -107,15 +107,13 @@ def describe_rigid(matrix: np.ndarray) -> dict:
             "translation_mm": round(float(np.linalg.norm(matrix[:3, 3])), 3)}
 
 
-def retest_on_test_grid(test_image, retest_path, transform: np.ndarray | None = None):
-    """The retest scan, HU-scaled, resampled onto the preprocessed ``test_image`` grid (air outside it)."""
+def retest_on_test_grid(test_image, retest, transform: np.ndarray | None = None):
+    """The retest scan (as read, HU), HU-scaled and resampled onto the preprocessed ``test_image`` grid (air outside it)."""
     from monai.transforms import ResampleToMatch
 
     from ctfm.transforms import hu_scaling
-    from ctfm.validation import check_ct_volume, load_volume
 
-    retest = load_volume(retest_path)
-    check_ct_volume(retest, str(retest_path))
+    retest = retest.clone()
     if transform is not None:
         retest.affine = torch_tensor(transform) @ retest.affine.double()
     scaled = hu_scaling("image")({"image": retest})["image"]
@@ -155,7 +153,7 @@ def stability(test, retest, weights, output_dir, transform=None, box=DEFAULT_BOX
     """Compare two scans of one patient patch by patch; write maps, windows.csv, summary.json; return the summary."""
     from ctfm.patch_embeddings import save_map, window_centres, windows_to_voxels
     from ctfm.registry import EMBEDDING_SPACING
-    from ctfm.validation import check_files_exist
+    from ctfm.validation import check_ct_volume, check_files_exist, load_volume
     from ctfm.weights import load_pretrained
     from ctfm_tools.search import Scan, new_output_dir, save_heatmap_png
 
@@ -167,17 +165,15 @@ def stability(test, retest, weights, output_dir, transform=None, box=DEFAULT_BOX
     out = new_output_dir(output_dir)
     model = encoder if encoder is not None else load_pretrained(weights)
     scan = Scan.read(test, spacing)
+    retest_raw = load_volume(retest)
+    check_ct_volume(retest_raw, str(retest))
     registration = None
     if register:
-        from ctfm.validation import check_ct_volume, load_volume
-
-        retest_raw = load_volume(retest)
-        check_ct_volume(retest_raw, str(retest))
         matrix, metric = rigid_registration(scan.raw, retest_raw)
         np.savetxt(out / REGISTRATION_FILE, matrix, fmt="%.6f",
                    header="retest -> test, world RAS mm (rigid, ITK versor; use with --transform)")
         registration = {"file": str(out / REGISTRATION_FILE), "final_mean_squares": round(metric, 6), **describe_rigid(matrix)}
-    moved = retest_on_test_grid(scan.image, retest, matrix)
+    moved = retest_on_test_grid(scan.image, retest_raw, matrix)
     result = compare_patches(model, scan.image, moved, box, stride, method, device, batch_size)
     shape = scan.image.shape[1:]
     centres = scan.grid_to_world(window_centres(result["starts"], box))
