@@ -10,10 +10,10 @@ Dice over structures present in either map). With random weights (the default he
 the 118 classes are nearly tied, so agreement is low by construction; pass ``--weights`` with a
 network trained on the sample CT to measure the agreement that the target refers to, or
 ``--train-epochs N`` to first train the bundle on the sample CT through ``python -m monai.bundle run``
-(one 48 x 64 x 64 patch at 1.5 mm per epoch, lr 3e-4; about 4-8 s per epoch on 2 cores) and use that.
+(one 48 x 64 x 64 patch at 1.5 mm per epoch, lr 3e-4; 150 epochs took 29 min on 2 cores) and use that.
 
     python -m benchmarks bench_segmentation_inference      # paper size: minutes per run on 2 cores
-    python -m benchmarks bench_segmentation_inference --train-epochs 200   # + ~15 min of training
+    python -m benchmarks bench_segmentation_inference --train-epochs 150   # + ~30 min of training
     python benchmarks/bench_segmentation_inference.py --smoke   # 6 mm, 32^3 patches: seconds
 """
 
