@@ -170,6 +170,29 @@ def test_encoder_holds_the_ct_fm_weights_after_start_up(phantoms, ct_fm_weights,
     assert not torch.equal(random["conv_init.weight"], expected["conv_init.weight"])
 
 
+def test_training_cache_holds_the_resampled_volume_and_its_class_indices(phantoms):
+    """With cache_rate 1 the training set caches loading, resampling and each structure's voxel indices
+    (a nested Compose would count as random and cache nothing); a training sample is one patch, without
+    the indices."""
+    from monai.bundle import ConfigParser
+
+    use_bundle_scripts(BUNDLE)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(phantoms["dir"]), "datalist": str(phantoms["one"]),
+                   "cache_rate": 1.0, "num_workers": 0, "spacing": [4, 4, 4], "patch_size": [32, 32, 32]})
+    dataset = parser.get_parsed_content("train#dataset")
+    cached = dataset._cache[0]
+    indices = cached["label_cls_indices"]
+    assert len(indices) == 118 and len(indices[0]) > 0  # background is there
+    present = set(np.unique(cached["label"].numpy()).astype(int))
+    assert {c for c in range(118) if len(indices[c])} == present
+    patch = dataset[0][0]  # RandCropByLabelClassesd returns a list of num_samples patches
+    assert set(patch) >= {"image", "label"} and "label_cls_indices" not in patch
+    assert tuple(patch["image"].shape) == (1, 32, 32, 32)
+
+
 def test_evaluation_writes_per_structure_dice_and_group_means(trained, phantoms, tmp_path):
     out = tmp_path / "eval"
     run_bundle(BUNDLE, ["train.json", "evaluate.json"], {
