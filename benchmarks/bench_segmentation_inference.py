@@ -108,9 +108,9 @@ def train_on_sample_ct(epochs: int, output_dir: Path) -> tuple[Path, float]:
         datalist.write_text(json.dumps({"training": [entry], "validation": [entry]}))
         run_bundle(BUNDLE, "train.json", {
             "dataset_dir": str(output_dir), "datalist": str(datalist), "output_dir": str(output_dir),
-            "patch_size": [48, 64, 64], "spacing": [1.5, 1.5, 1.5], "epochs": epochs, "val_interval": epochs,
-            "warmup_epochs": 5, "learning_rate": 3e-4, "batch_size": 1, "num_workers": 0, "cache_rate": 1.0,
-            "checkpoint_interval": 10,
+            "patch_size": [48, 64, 64], "spacing": [1.5, 1.5, 1.5], "epochs": epochs,
+            "val_interval": max(epochs // 3, 1), "warmup_epochs": 20, "learning_rate": 1e-3, "batch_size": 1,
+            "num_workers": 0, "cache_rate": 1.0, "checkpoint_interval": 25,
         }, capture=False)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
