@@ -6,6 +6,7 @@ Full-size numbers come from ``python -m benchmarks <name>`` on an idle machine, 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,16 @@ def run_benchmark(*args: str) -> None:
 
 @pytest.mark.slow
 def test_segmentation_inference_benchmark_smoke():
-    run_benchmark("bench_segmentation_inference", "--smoke")
+    """Two training steps on the sample CT (the helper behind ``--train-steps``), then the comparison."""
+    shutil.rmtree(RESULTS / "segmentation_sample_ct_10_structures_2_steps", ignore_errors=True)
+    run_benchmark("bench_segmentation_inference", "--smoke", "--train-steps", "2")
     result = json.loads((RESULTS / "segmentation_inference_smoke.json").read_text())
-    assert result["ratio"]["speedup"] > 0 and 0 <= result["figures"]["label_agreement_mean_structure_dice"] <= 1
-    assert result["figures"]["tuned_windows"] > 0 and result["baseline"]["windows"] > 0
+    figures = result["figures"]
+    assert result["ratio"]["speedup"] > 0 and 0 <= figures["label_agreement_mean_structure_dice"] <= 1
+    assert figures["tuned_windows"] > 0 and result["baseline"]["windows"] > 0
+    assert figures["weights"].endswith("segmentation_sample_ct_10_structures_2_steps/model.pt")
+    assert not (RESULTS / "segmentation_sample_ct_10_structures_2_steps" / "checkpoint.pt").exists()  # a finished run
+    assert set(figures["mean_structure_dice_vs_sample_ct_labels"]) == {"baseline", "tuned"}
 
 
 @pytest.mark.slow
