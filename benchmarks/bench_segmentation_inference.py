@@ -94,18 +94,6 @@ def segment(image, network, patch, device, precision, overlap, sw_batch_size) ->
     return {"seconds": time.perf_counter() - t0, "windows": counting.windows, "label": label}
 
 
-def largest_structures_label(label_path: Path, keep: int, out: Path) -> Path:
-    """The sample CT's label map with only its ``keep`` largest structures (the rest set to background)."""
-    import nibabel as nib
-
-    label = nib.load(label_path)
-    ids = np.asarray(label.dataobj).astype(np.int16)
-    present, counts = np.unique(ids[ids > 0], return_counts=True)
-    largest = present[np.argsort(-counts)[:keep]]
-    nib.save(nib.Nifti1Image(np.where(np.isin(ids, largest), ids, 0).astype(np.uint8), label.affine), out)
-    return out
-
-
 def train_on_sample_ct(steps: int, structures: int, output_dir: Path, log_every: int = 50) -> tuple[Path, Path]:
     """Fit the bundle's network (all 118 outputs) to the real sample CT's ``structures`` largest
     TotalSegmentator structures, for the agreement figure: weights whose logits mean something.
@@ -116,21 +104,22 @@ def train_on_sample_ct(steps: int, structures: int, output_dir: Path, log_every:
     optimizer and class-balanced crops are the ones in ``train.json`` (parsed from it); what differs is
     on purpose: no augmentation (memorising one CT is the point), one 48 x 64 x 64 crop per step,
     warm-up then cosine over ``steps``, and bf16 autocast on the CPU (MONAI's trainer autocasts on CUDA
-    only; 2.6 instead of 5 s a step here). Saves ``model.pt`` (a state dict) and a resumable
-    ``checkpoint.pt`` every ``log_every`` steps; a finished run is reused, a killed one resumes.
+    only; 2.6 instead of 5 s a step here). Saves a resumable ``checkpoint.pt`` every ``log_every`` steps
+    and ``model.pt`` (a state dict) at the end; a finished run is reused, a killed one resumes.
     Returns the model and the label map it was trained on."""
     from monai.bundle import ConfigParser
     from monai.optimizers import WarmupCosineSchedule
 
+    from ctfm.data.labels import keep_largest_structures
     from ctfm.data.sample_ct import fetch_sample_ct
 
     model, checkpoint = output_dir / "model.pt", output_dir / "checkpoint.pt"
     label = output_dir / f"label_{structures}_largest.nii.gz"
-    if model.is_file() and label.is_file() and not checkpoint.is_file():
+    if model.is_file():
         return model, label
     sample = fetch_sample_ct()
     output_dir.mkdir(parents=True, exist_ok=True)
-    largest_structures_label(sample.abdomen_label, structures, label)
+    keep_largest_structures(sample.abdomen_label, structures, label)
     datalist = output_dir / "datalist.json"
     datalist.write_text(json.dumps({"training": [{"image": str(sample.abdomen_ct), "label": str(label)}]}))
     parser = ConfigParser()
@@ -167,9 +156,9 @@ def train_on_sample_ct(steps: int, structures: int, output_dir: Path, log_every:
         if step % log_every == 0 or step == steps:
             print(f"step {step}/{steps}  loss {np.mean(losses[-log_every:]):.3f}  "
                   f"{(time.perf_counter() - t0) / (step - start):.2f} s/step", flush=True)
-            torch.save(network.state_dict(), model)
             torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "step": step}, checkpoint)
+    torch.save(network.state_dict(), model)
     checkpoint.unlink()
     return model, label
 

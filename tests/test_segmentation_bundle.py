@@ -14,13 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from bundle_runner import run_bundle, run_torchrun, use_bundle_scripts
 from monai.transforms import LoadImage
 
+from ctfm.data.labels import keep_largest_structures
 from ctfm.data.phantoms import write_body_phantoms, write_defective_inputs
 from ctfm.networks import build_encoder, build_segmentation_network
 from ctfm.registry import totalsegmentator_classes
@@ -38,16 +38,11 @@ def phantoms(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantoms")
     datalist = write_body_phantoms(root / "body", num=3, seed=0)
     first = json.loads(datalist.read_text())["training"][0]
-    label = nib.load(root / "body" / first["label"])
-    ids = np.asarray(label.dataobj)
-    present, counts = np.unique(ids[ids > 0], return_counts=True)
-    largest = present[np.argsort(-counts)[:5]]
-    nib.save(nib.Nifti1Image(np.where(np.isin(ids, largest), ids, 0).astype(np.uint8), label.affine, label.header),
-             root / "body" / "largest5.nii.gz")
+    largest = keep_largest_structures(root / "body" / first["label"], 5, root / "body" / "largest5.nii.gz")
     entry = {"image": first["image"], "label": "largest5.nii.gz"}
     one = root / "body" / "one_phantom.json"
     one.write_text(json.dumps({"training": [entry, entry], "validation": [entry], "testing": [entry]}))
-    names = [totalsegmentator_classes()[int(i)] for i in largest]
+    names = [totalsegmentator_classes()[i] for i in largest]
     return {"dir": datalist.parent, "datalist": datalist, "one": one, "one_structures": names}
 
 

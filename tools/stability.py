@@ -113,8 +113,8 @@ def retest_on_test_grid(test_image, retest, transform: np.ndarray | None = None)
 
     from ctfm.transforms import hu_scaling
 
-    retest = retest.clone()
     if transform is not None:
+        retest = retest.clone()  # the caller's volume keeps its own affine
         retest.affine = torch_tensor(transform) @ retest.affine.double()
     scaled = hu_scaling("image")({"image": retest})["image"]
     return ResampleToMatch(mode="bilinear", padding_mode="zeros")(scaled, img_dst=test_image)
