@@ -233,6 +233,32 @@ def test_network_passes_verify_net_in_out():
     assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_channels_last_windows_give_the_same_probabilities(precision):
+    """The inferer hands the network channels-last windows (the speed-up on CPUs); the stitched output
+    is the one MONAI's plain order gives, and the network itself is left in its own memory order."""
+    use_bundle_scripts(BUNDLE)
+    from scripts.inferer import AutocastSlidingWindowInferer
+
+    torch.manual_seed(0)
+    network = build_segmentation_network(out_channels=5, init_filters=8).eval()
+    seen = []
+    network.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    image = torch.randn(1, 1, 40, 48, 56)
+    outputs = {}
+    for channels_last in (False, True):
+        inferer = AutocastSlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=2, overlap=0.25, mode="gaussian",
+                                               precision=precision, channels_last=channels_last)
+        seen.clear()
+        with torch.no_grad():
+            outputs[channels_last] = inferer(image, network)
+        # channel stride 1 is channels-last (a 1-channel window is "contiguous" in both orders)
+        assert seen and all((w.stride(1) == 1) == channels_last for w in seen)
+    assert outputs[True].dtype == torch.float32 and outputs[True].shape == (1, 5, 40, 48, 56)
+    torch.testing.assert_close(outputs[True], outputs[False], atol=1e-5, rtol=1e-4)
+    assert all(p.is_contiguous() for p in network.parameters())
+
+
 # --- Bad input: the message names the file, the problem and the fix --------------------------
 def test_label_map_on_another_grid_stops_training_with_a_clear_message(tmp_path):
     defects = write_defective_inputs(tmp_path / "defects")
