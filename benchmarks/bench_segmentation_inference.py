@@ -2,11 +2,12 @@
 
 Baseline (measured in the same run): MONAI ``SlidingWindowInferer`` in fp32, overlap 0.625,
 sw_batch_size 1 (the authors' inference overlap, Gaussian weighting). Target: the bundle's
-``inference.json`` defaults (precision, overlap, sw_batch_size read from that file). Both segment the
+``inference.json`` defaults (precision, overlap, sw_batch_size, channels_last read from that file). Both segment the
 real abdomen CT (TotalSegmentator 2.18 example) resampled to the bundle's 1.5 mm, SPL, at the
 paper's patch 96 x 160 x 160. Reported: seconds, achieved GFLOP/s next to the CPU's measured
 matrix-multiply peak (fp32 and bf16), how well the two label maps agree (mean per-structure Dice over
-structures present in either map), and how well each matches the sample CT's own labels. With random
+the structures of the label map the weights were fit to, each listed; and over every structure either
+map holds), and how well each matches the sample CT's own labels. With random
 weights (the default here) the logits of the 118 classes are nearly tied, so agreement is low by
 construction; the target's agreement is with weights trained on the sample CT: ``--train-steps N``
 first fits the bundle's network to the CT's 10 largest structures (``--train-structures``; see
@@ -145,7 +146,6 @@ def train_on_sample_ct(steps: int, structures: int, output_dir: Path, log_every:
     for step in range(start + 1, steps + 1):
         patch = dataset[0][0]
         image, target = patch["image"][None].as_tensor(), patch["label"][None].as_tensor()
-        image = image.to(memory_format=torch.channels_last_3d)  # as the bundle's inferer: faster bf16 on CPUs
         optimizer.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outputs = network(image)

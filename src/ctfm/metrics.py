@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -55,7 +56,8 @@ def bootstrap_paired_ci(
 def macro_mean(values: np.ndarray) -> float:
     """Mean over structures (columns) of each structure's mean over cases (rows); NaNs left out at both steps."""
     values = np.asarray(values, dtype=float)
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # a structure NaN in every case is expected, not worth a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
         per_structure = np.nanmean(values, axis=0) if values.size else np.array([])
     per_structure = per_structure[~np.isnan(per_structure)]
     return float(per_structure.mean()) if per_structure.size else float("nan")
