@@ -15,6 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+if str(REPO) not in sys.path:  # the benchmarks package lives at the repository root
+    sys.path.insert(0, str(REPO))
 
 
 def run_benchmark(*args: str) -> None:
@@ -26,14 +28,17 @@ def run_benchmark(*args: str) -> None:
 @pytest.mark.slow
 def test_segmentation_inference_benchmark_smoke():
     """Two training steps on the sample CT (the helper behind ``--train-steps``), then the comparison."""
-    shutil.rmtree(RESULTS / "segmentation_sample_ct_10_structures_2_steps", ignore_errors=True)
+    from benchmarks.bench_segmentation_inference import TRAIN_PATCH, training_run_name
+
+    run = training_run_name(10, 2, TRAIN_PATCH)
+    shutil.rmtree(RESULTS / run, ignore_errors=True)
     run_benchmark("bench_segmentation_inference", "--smoke", "--train-steps", "2")
     result = json.loads((RESULTS / "segmentation_inference_smoke.json").read_text())
     figures = result["figures"]
     assert result["ratio"]["speedup"] > 0 and 0 <= figures["label_agreement_mean_structure_dice"] <= 1
     assert figures["tuned_windows"] > 0 and result["baseline"]["windows"] > 0
-    assert figures["weights"].endswith("segmentation_sample_ct_10_structures_2_steps/model.pt")
-    assert not (RESULTS / "segmentation_sample_ct_10_structures_2_steps" / "checkpoint.pt").exists()  # a finished run
+    assert figures["weights"].endswith(f"{run}/model.pt")
+    assert not (RESULTS / run / "checkpoint.pt").exists()  # a finished run
     assert set(figures["mean_structure_dice_vs_sample_ct_labels"]) == {"baseline", "tuned"}
 
 
