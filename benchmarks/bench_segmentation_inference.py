@@ -111,9 +111,10 @@ def train_on_sample_ct(steps: int, structures: int, output_dir: Path, patch=TRAI
     optimizer and class-balanced crops are the ones in ``train.json`` (parsed from it); what differs is
     on purpose: no augmentation (memorising one CT is the point), one ``patch`` crop per step,
     warm-up then cosine over ``steps``, and bf16 autocast on channels-last crops on the CPU (MONAI's
-    trainer autocasts on CUDA only; forward and backward at 96 x 160 x 160 in bf16: 25 s in the default order, 14 s
-    channels-last; 48 x 64 x 64 crops in bf16 took 2.7 s a step against 5 s in fp32). Saves a resumable ``checkpoint.pt`` every ``log_every`` steps
-    and ``model.pt`` (a state dict) at the end; a finished run is reused, a killed one resumes.
+    trainer autocasts on CUDA only; forward and backward at 96 x 160 x 160 in bf16: 25 s in the default
+    order, 14 s channels-last; 48 x 64 x 64 crops in bf16 took 2.7 s a step against 5 s in fp32). Saves a
+    resumable ``checkpoint.pt`` every ``log_every`` steps and ``model.pt`` (a state dict) at the end; a
+    finished run is reused, a killed one resumes.
     Returns the model and the label map it was trained on."""
     from monai.bundle import ConfigParser
     from monai.optimizers import WarmupCosineSchedule
