@@ -185,18 +185,12 @@ def training_run_name(structures: int, steps: int, patch) -> str:
     return f"segmentation_sample_ct_{structures}_structures_{steps}_steps_{'x'.join(map(str, patch))}"
 
 
-def structure_dice(prediction, truth) -> float:
-    """Mean per-structure Dice over structures present in either map."""
-    from ctfm.metrics import macro_mean
-
-    return macro_mean(per_structure_dice(prediction, truth)[None])
-
-
 def compare(device: str = "cpu", smoke: bool = False, weights: str | None = None, train_steps: int = 0,
             train_structures: int = 10, train_patch=TRAIN_PATCH) -> dict:
     sys.path.insert(0, str(BUNDLE))  # the bundle's scripts package
     from benchmarks.common import RESULTS, write_result
     from ctfm.data.sample_ct import fetch_sample_ct
+    from ctfm.metrics import macro_mean
     from ctfm.networks import build_segmentation_network
     from ctfm.registry import totalsegmentator_classes
     from ctfm.transforms import ct_fm_transforms
@@ -234,7 +228,8 @@ def compare(device: str = "cpu", smoke: bool = False, weights: str | None = None
     labelled = labelled[labelled > 0].astype(int)
     names = totalsegmentator_classes()
     agreement_labelled = {names[c]: float(agreement[c - 1]) for c in labelled}  # NaN: in neither map
-    accuracy = {k: round(structure_dice(run["label"], truth), 4) for k, run in (("baseline", base), ("tuned", fast))}
+    accuracy = {k: round(macro_mean(per_structure_dice(run["label"], truth)[None]), 4)
+                for k, run in (("baseline", base), ("tuned", fast))}
     gflop = window_gflop(network, patch, device)
     dtype_peak = {p: matmul_peak_gflops(device, d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     name = "segmentation_inference" + ("_gpu" if device.type == "cuda" else "") + ("_smoke" if smoke else "")
@@ -245,10 +240,10 @@ def compare(device: str = "cpu", smoke: bool = False, weights: str | None = None
             "tuned_seconds_per_volume": round(fast["seconds"], 2),
             "tuned_windows": fast["windows"],
             "tuned_gflops_per_s": round(gflop * fast["windows"] / fast["seconds"], 1),
-            "label_agreement_mean_structure_dice": round(float(np.nanmean(list(agreement_labelled.values()))), 4),
+            "label_agreement_mean_structure_dice": round(macro_mean(agreement[None, labelled - 1]), 4),
             "label_agreement_per_labelled_structure": {k: None if np.isnan(v) else round(v, 4)
                                                        for k, v in agreement_labelled.items()},
-            "label_agreement_mean_structure_dice_any_structure_either_map": round(float(np.nanmean(agreement)), 4),
+            "label_agreement_mean_structure_dice_any_structure_either_map": round(macro_mean(agreement[None]), 4),
             "structures_in_either_map": int(np.sum(~np.isnan(agreement))),
             "matmul_peak_gflops_fp32": round(dtype_peak["fp32"], 1),
             "matmul_peak_gflops_bf16": round(dtype_peak["bf16"], 1),
