@@ -64,7 +64,8 @@ def main() -> None:
         figures={"config": f"{SCANS} scans x {CROPS} patches x 2 views of {list(PATCH)}, CPU, AdamW",
                  "step_s_scans_per_forward_1": round(split["step_s"], 3),
                  "peak_rss_mib_scans_per_forward_1": round(split["peak_rss_mib"])},
-        baseline={"step_s_whole_batch": round(whole["step_s"], 3), "peak_rss_mib_whole_batch": round(whole["peak_rss_mib"])},
+        baseline={"step_s_whole_batch": round(whole["step_s"], 3),
+                  "peak_rss_mib_whole_batch": round(whole["peak_rss_mib"])},
         ratio={"time_split_over_whole": round(split["step_s"] / whole["step_s"], 2),
                "memory_split_over_whole": round(split["peak_rss_mib"] / whole["peak_rss_mib"], 2)},
         notes=f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {STEPS} timed steps after 1 warm-up; "

@@ -51,7 +51,8 @@ def main() -> None:
     passes = int(np.prod([16 // s if s < 16 else 1 for s in stride]))
     write_result(
         "search" + ("_smoke" if args.smoke else ""),
-        figures={"volume": list(image.shape[1:]), "window": list(window), "stride": list(stride), "windows": len(starts),
+        figures={"volume": list(image.shape[1:]), "window": list(window), "stride": list(stride),
+                 "windows": len(starts),
                  "pooled_s": round(pooled_s, 2), "pooled_encoder_passes": passes, "same_best_match": same,
                  "best_matches_apart_voxels": apart,
                  "device": str(args.device)},

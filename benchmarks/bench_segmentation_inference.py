@@ -106,18 +106,17 @@ def train_on_sample_ct(steps: int, structures: int, output_dir: Path, patch=TRAI
     """Fit the bundle's network (all 118 outputs) to the real sample CT's ``structures`` largest
     TotalSegmentator structures, for the agreement figure: weights whose logits mean something.
 
-    Why not all 62 structures of the CT: on 2 CPU cores, 250 to 325 steps (11 to 14 min) of either
-    this loop or the bundle's own train.json left the network at validation Dice 0.003 and a training
-    loss still near 5.6; fitting them all takes far longer than a benchmark should there. On an H200
-    (``device="cuda"``, paper patch) 1200 steps of 0.13 s fit all 62 to Dice 0.85, agreement 0.949. The network, loss,
-    optimizer and class-balanced crops are the ones in ``train.json`` (parsed from it); what differs is
-    on purpose: no augmentation (memorising one CT is the point), one ``patch`` crop per step,
-    warm-up then cosine over ``steps``, and bf16 autocast on channels-last crops on ``device`` (on the
-    CPU, forward and backward at 96 x 160 x 160 in bf16: 25 s in the default order, 14 s channels-last;
-    48 x 64 x 64 crops in bf16 took 2.7 s a step against 5 s in fp32; ``device="cuda"`` is how the
-    prepared GPU script fits it at the paper's patch). The weights load on any device. Saves a
-    resumable ``checkpoint.pt`` every ``log_every`` steps and ``model.pt`` (a state dict) at the end; a
-    finished run is reused, a killed one resumes.
+    Why not all 62 structures of the CT: on 2 CPU cores, 250 to 325 steps (11 to 14 min) of either this loop
+    or the bundle's own train.json left the network at validation Dice 0.003 and a training loss still near
+    5.6; fitting them all takes far longer than a benchmark should there. On an H200 (``device="cuda"``,
+    paper patch) 1200 steps of 0.13 s fit all 62 to Dice 0.85, agreement 0.949. The network, loss, optimizer
+    and class-balanced crops are the ones in ``train.json`` (parsed from it); what differs is on purpose: no
+    augmentation (memorising one CT is the point), one ``patch`` crop per step, warm-up then cosine over
+    ``steps``, and bf16 autocast on channels-last crops on ``device`` (on the CPU, forward and backward at
+    96 x 160 x 160 in bf16: 25 s in the default order, 14 s channels-last; 48 x 64 x 64 crops in bf16 took
+    2.7 s a step against 5 s in fp32; ``device="cuda"`` is how the prepared GPU script fits it at the
+    paper's patch). The weights load on any device. Saves a resumable ``checkpoint.pt`` every ``log_every``
+    steps and ``model.pt`` (a state dict) at the end; a finished run is reused, a killed one resumes.
     Returns the model and the label map it was trained on."""
     from monai.bundle import ConfigParser
     from monai.optimizers import WarmupCosineSchedule
@@ -138,8 +137,8 @@ def train_on_sample_ct(steps: int, structures: int, output_dir: Path, patch=TRAI
     parser.read_config(str(BUNDLE / "configs" / "train.json"))
     parser.read_meta(str(BUNDLE / "configs" / "metadata.json"))
     parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(output_dir), "datalist": str(datalist),
-                   "device": f"$torch.device('{device}')", "patch_size": list(patch), "cache_rate": 1.0, "num_workers": 0,
-                   "learning_rate": 4e-4})
+                   "device": f"$torch.device('{device}')", "patch_size": list(patch), "cache_rate": 1.0,
+                   "num_workers": 0, "learning_rate": 4e-4})
     parser["train#random_transforms"] = parser["train#random_transforms"][:2]  # crop, drop the indices
     network, loss_fn, optimizer = (parser.get_parsed_content(k) for k in ("network", "loss", "optimizer"))
     dataset = parser.get_parsed_content("train#dataset")

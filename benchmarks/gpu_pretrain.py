@@ -155,7 +155,8 @@ def main() -> None:
         "fraction_of_bf16_peak": round(step["achieved_tflops"] / peak, 3) if peak else None,
         "loader_over_gpu_rate": round(loader["loader_batches_per_s"] * step["step_s"], 2),
     }
-    notes = ("loader keeps the GPU busy" if ratio["loader_over_gpu_rate"] >= 1 else "the GPU waits for data: add workers")
+    notes = ("loader keeps the GPU busy" if ratio["loader_over_gpu_rate"] >= 1
+             else "the GPU waits for data: add workers")
     write_result("gpu_pretrain_smoke" if args.smoke else "gpu_pretrain", figures,
                  baseline={"peak_bf16_tflops": peak}, ratio=ratio, notes=notes)
 

@@ -1,6 +1,8 @@
 """The inference comparison of bench_segmentation_inference.py on the GPU (run by benchmarks/gpu.sh).
 
-    python benchmarks/gpu_segmentation_inference.py            # on a CUDA machine, paper size
+    python benchmarks/gpu_segmentation_inference.py            # on a CUDA machine, paper size, random weights
+    python benchmarks/gpu_segmentation_inference.py --train-steps 500 --train-device cuda --train-patch 96 160 160
+        # as gpu.sh runs it: weights fitted to the sample CT first (1 min on an H200), so agreement means something
     python benchmarks/gpu_segmentation_inference.py --smoke    # anywhere: tiny size, CPU when no GPU
 """
 
