@@ -23,7 +23,7 @@ from ctfm.networks import build_encoder
 from ctfm.patch_embeddings import cosine_similarity, pooled_window_embeddings, window_embeddings
 from ctfm.registry import EMBEDDING_SPACING
 from ctfm.transforms import preprocess
-from ctfm_tools.search import DEFAULT_BOX, DEFAULT_STRIDE
+from ctfm.cli.search import DEFAULT_BOX, DEFAULT_STRIDE
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ctfm_tools.bundle_run import BUNDLES, bundle_command, run_bundle  # noqa: F401  (re-exported for tests)
+from ctfm.cli.bundle_run import BUNDLES, bundle_command, run_bundle  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO.parent / "shared" / "data" / "meta_schema_20240725.json"

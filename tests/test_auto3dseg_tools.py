@@ -16,10 +16,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from ctfm_tools import convert_msd as convert_msd_tool
-from ctfm_tools import evaluate_tumour as evaluate_tool
-from ctfm_tools.convert_msd import DATALIST, LABEL_DIR, convert_msd
-from ctfm_tools.evaluate_tumour import evaluate_tumour, summarise
+from ctfm.cli import convert_msd as convert_msd_tool
+from ctfm.cli import evaluate_tumour as evaluate_tool
+from ctfm.cli.convert_msd import DATALIST, LABEL_DIR, convert_msd
+from ctfm.cli.evaluate_tumour import evaluate_tumour, summarise
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "auto3dseg_algo"))
 from tiny_example import MSD_LIVER_LABELS as LIVER_LABELS

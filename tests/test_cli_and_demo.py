@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctfm_tools.cli import COMMANDS, SUMMARIES, build_parser
+from ctfm.cli.main import COMMANDS, SUMMARIES, build_parser
 
-CTFM = [sys.executable, "-m", "ctfm_tools.cli"]
+CTFM = [sys.executable, "-m", "ctfm.cli.main"]
 
 
 def test_every_command_has_help_with_examples():
@@ -26,7 +26,7 @@ def test_every_command_has_help_with_examples():
 
 
 def test_top_level_help_lists_every_command(capsys):
-    from ctfm_tools.cli import main
+    from ctfm.cli.main import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from ctfm_tools import idc_manifest as im
+from ctfm.cli import idc_manifest as im
 
 PAPER_NLST = 128037
 PAPER_TOTAL = 148394

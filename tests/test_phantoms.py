@@ -328,7 +328,7 @@ def test_each_defective_input_has_its_defect(tmp_path):
 
 # --- CLI --------------------------------------------------------------------------------------
 def test_cli_writes_all_kinds_and_refuses_to_overwrite(tmp_path, capsys):
-    from ctfm_tools.cli import main
+    from ctfm.cli.main import main
 
     out = tmp_path / "phantoms"
     assert main(["make-phantoms", "--kind", "all", "--num", "2", "--seed", "1", "--output-dir", str(out)]) == 0
@@ -348,7 +348,7 @@ def test_cli_writes_all_kinds_and_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_cli_help_has_runnable_examples(capsys):
-    from ctfm_tools.cli import main
+    from ctfm.cli.main import main
 
     with pytest.raises(SystemExit):
         main(["make-phantoms", "--help"])

@@ -349,7 +349,7 @@ def test_datalist_loads_with_monai(sample_ct):
 # --------------------------------------------------------------------------------------------- CLI
 def _ctfm() -> list[str]:
     script = Path(sys.executable).parent / "ctfm"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "ctfm_tools.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ctfm.cli.main"]
 
 
 def test_cli_writes_outputs_and_prints_paths(seeded_cache, tmp_path):

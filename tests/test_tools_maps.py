@@ -29,7 +29,7 @@ from ctfm.patch_embeddings import (
     windows_to_voxels,
 )
 
-CTFM = [sys.executable, "-m", "ctfm_tools.cli"]
+CTFM = [sys.executable, "-m", "ctfm.cli.main"]
 SPACING = ["--spacing", "6", "6", "6"]
 
 
@@ -150,7 +150,7 @@ def test_ocd_on_phantoms_reports_distance_and_inside_and_resumes(weights, tmp_pa
 def test_occlusion_map_peaks_on_an_inserted_object(encoder, small_ct):
     from ctfm.embeddings import embed_volume
     from ctfm.transforms import preprocess
-    from ctfm_tools.saliency import occlusion_saliency
+    from ctfm.cli.saliency import occlusion_saliency
 
     image = preprocess(small_ct[0], spacing=(6, 6, 6)).as_tensor()[:, :16, :24, :24].clone()
     with_object = image.clone()

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctfm_tools.retrieve import EmbeddingIndex, read_organmnist3d, retrieval_metrics
+from ctfm.cli.retrieve import EmbeddingIndex, read_organmnist3d, retrieval_metrics
 
-CTFM = [sys.executable, "-m", "ctfm_tools.cli"]
+CTFM = [sys.executable, "-m", "ctfm.cli.main"]
 
 
 def test_retrieval_metrics_equal_hand_computed_values():
@@ -121,7 +121,7 @@ def test_cluster_writes_one_readable_png_per_perplexity(tmp_path):
 
 
 def test_lab_to_rgb_known_colours():
-    from ctfm_tools.pca import lab_to_rgb
+    from ctfm.cli.pca import lab_to_rgb
 
     rgb = lab_to_rgb(np.array([[100.0, 0, 0], [0.0, 0, 0], [53.24, 80.09, 67.20]]))
     np.testing.assert_allclose(rgb, [[1, 1, 1], [0, 0, 0], [1, 0, 0]], atol=0.01)

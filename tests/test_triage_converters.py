@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ctfm.data.phantoms import make_head_phantom
-from ctfm_tools import convert_cq500, convert_sinoct
+from ctfm.cli import convert_cq500, convert_sinoct
 
 
 def _cli(module, argv: list[str]) -> int:

@@ -244,7 +244,7 @@ def test_save_never_replaces_an_existing_folder(released, encoder):
 
 
 def test_convert_weights_cli(encoder, tmp_path, capsys):
-    from ctfm_tools.cli import main
+    from ctfm.cli.main import main
 
     state = {f"model.backbone.{k}": v for k, v in encoder.state_dict().items()}
     torch.save({"state_dict": state}, tmp_path / "last.ckpt")

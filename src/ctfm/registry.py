@@ -35,10 +35,15 @@ EMBEDDING_SPACING = (3.0, 1.0, 1.0)  # mm along S, P, L: pretraining and embeddi
 TOTALSEG_NUM_CLASSES = 117
 
 
+def resource(name: str):
+    """A file shipped inside the package (``src/ctfm/resources/<name>``), found without walking up from a file."""
+    return resources.files("ctfm").joinpath("resources", *name.split("/"))
+
+
 @lru_cache(maxsize=None)
 def totalsegmentator_classes() -> dict[int, str]:
     """Class id -> name of the 117 TotalSegmentator v2 "total" structures (background 0 excluded)."""
-    text = resources.files("ctfm").joinpath("resources/totalsegmentator_v2_total.json").read_text()
+    text = resource("totalsegmentator_v2_total.json").read_text()
     return {int(k): v for k, v in json.loads(text)["classes"].items()}
 
 

@@ -27,8 +27,9 @@ from monai.transforms import (
     Spacingd,
 )
 
+from ctfm.io import root_cause
 from ctfm.registry import AIR_HU, EMBEDDING_SPACING, HU_MAX, HU_MIN, ORIENTATION
-from ctfm.validation import CTInputError, LoadCTd
+from ctfm.validation import LoadCTd
 
 # Axis labels of the world frame: MONAI readers return RAS+ affines (ITK's LPS is converted).
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -86,9 +87,7 @@ def preprocess(path, spacing: Sequence[float] | None = EMBEDDING_SPACING, **kwar
     try:
         return ct_fm_transforms(spacing=spacing, **kwargs)({"image": str(path)})["image"]
     except RuntimeError as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, (CTInputError, FileNotFoundError)):
-            cause = cause.__cause__
-        if cause is None:
+        cause = root_cause(err)
+        if cause is err:
             raise
         raise cause from None

@@ -19,7 +19,7 @@ from monai.data import Dataset, get_track_meta, set_track_meta
 from monai.transforms import Compose, Randomizable, Resize
 
 from ctfm.registry import AIR_HU, HU_MAX, HU_MIN
-from ctfm_tools.cli import root_cause
+from ctfm.io import root_cause
 from ctfm.pretraining_cache import read_scan_hu
 
 logger = logging.getLogger("ct_fm_pretrain")

@@ -200,7 +200,7 @@ def embed_organmnist(path, weights, device="cpu") -> dict[str, tuple[np.ndarray,
 def retrieve(output_dir, corpus=None, queries=None, labels=None, id_column="scan_id", label_columns=("label",),
              organmnist=None, weights=None, ks=KS, metric="cosine", index="exact", nprobe=32, device="cpu") -> dict:
     """Search every query in the corpus, score it per label column; write metrics.json and neighbours.csv."""
-    from ctfm_tools.search import new_output_dir
+    from ctfm.cli.search import new_output_dir
 
     if organmnist:
         if not weights:

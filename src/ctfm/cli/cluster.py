@@ -62,8 +62,8 @@ def cluster(embeddings, labels, output_dir, id_column="scan_id", label_column="l
     from sklearn.manifold import TSNE
     from tqdm import tqdm
 
-    from ctfm_tools.retrieve import read_embeddings, read_label_table
-    from ctfm_tools.search import new_output_dir
+    from ctfm.cli.retrieve import read_embeddings, read_label_table
+    from ctfm.cli.search import new_output_dir
 
     ids, emb = read_embeddings(embeddings)
     table = read_label_table(labels, id_column, [label_column])

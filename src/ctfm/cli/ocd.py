@@ -21,7 +21,7 @@ EXAMPLES = """  ctfm ocd --weights ct_fm_feature_extractor/ --datalist totalseg_
 
 
 def add_arguments(parser) -> None:
-    from ctfm_tools.search import DEFAULT_BOX, DEFAULT_STRIDE, add_window_arguments
+    from ctfm.cli.search import DEFAULT_BOX, DEFAULT_STRIDE, add_window_arguments
 
     parser.add_argument("--datalist", required=True, help="decathlon-style JSON with 'image' and 'label' per entry")
     parser.add_argument("--dataset-dir", default=None, help="base folder of the datalist's relative paths")
@@ -32,7 +32,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ctfm_tools.search import organ_centroid_distance
+    from ctfm.cli.search import organ_centroid_distance
 
     summary = organ_centroid_distance(
         datalist=args.datalist, dataset_dir=args.dataset_dir, weights=args.weights, output_dir=args.output_dir,

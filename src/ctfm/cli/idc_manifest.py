@@ -6,7 +6,7 @@ IDC release 14 (metadata read from release 18). Table S5 gives the count per col
 
 Two back ends build the same manifest:
 
-- ``bigquery``: the paper's query, shipped as ``tools/idc/ct_fm_selection.sql`` with the IDC release
+- ``bigquery``: the paper's query, shipped as ``ctfm/resources/idc/ct_fm_selection.sql`` with the IDC release
   as a placeholder, run with ``google-cloud-bigquery`` when that package and credentials exist.
 - ``offline``: the series index that the ``idc-index-data`` package ships (a parquet file), queried
   with DuckDB in well under a second. It applies every criterion the index carries and reports, by
@@ -35,9 +35,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent / "idc"
-SQL_TEMPLATE_PATH = DATA_DIR / "ct_fm_selection.sql"
-PAPER_TABLE_S5_PATH = DATA_DIR / "paper_table_s5.csv"
+from ctfm.registry import resource
+
+SQL_TEMPLATE_PATH = resource("idc/ct_fm_selection.sql")
+PAPER_TABLE_S5_PATH = resource("idc/paper_table_s5.csv")
 
 # The paper's query selects from release 14 and reads its output columns from release 18 (supplement S1).
 PAPER_IDC_VERSION = 14

@@ -191,7 +191,7 @@ def _process(job: tuple[str, str, QualityFilters]) -> dict:
             row.update(cache_file=str(dest.relative_to(output_dir)), shape="x".join(map(str, volume.shape)),
                        reason=unchecked_filters(info))
     except Exception as err:  # noqa: BLE001 - one bad scan is recorded, never stops the others
-        from ctfm_tools.cli import root_cause  # our clear error inside MONAI's wrappers
+        from ctfm.io import root_cause  # our clear error inside MONAI's wrappers
 
         cause = root_cause(err)
         row.update(status="failed", reason=f"{type(cause).__name__}: {cause}".replace("\n", " ")[:500])

@@ -199,7 +199,7 @@ def save_heatmap_png(image, heat, path, centre=None, spacing=(1, 1, 1), title=""
 
 
 def scan_id(path) -> str:
-    from ctfm_tools.embed import scan_id as _scan_id
+    from ctfm.cli.embed import scan_id as _scan_id
 
     return _scan_id(path)
 

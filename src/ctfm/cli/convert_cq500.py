@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctfm_tools.convert_sinoct import write_datalist
+from ctfm.cli.convert_sinoct import write_datalist
 
 DESCRIPTION = __doc__
 EXAMPLES = """  ctfm convert-cq500 --cq500-dir /data/CQ500 --output /data/CQ500/datalist.json

@@ -34,7 +34,7 @@ REGISTRATION_FILE = "registration.txt"
 
 
 def add_arguments(parser) -> None:
-    from ctfm_tools.search import add_window_arguments
+    from ctfm.cli.search import add_window_arguments
 
     parser.add_argument("test", help="the first scan (its grid is the reference)")
     parser.add_argument("retest", help="the second scan of the same patient")
@@ -155,7 +155,7 @@ def stability(test, retest, weights, output_dir, transform=None, box=DEFAULT_BOX
     from ctfm.registry import EMBEDDING_SPACING
     from ctfm.validation import check_ct_volume, check_files_exist, load_volume
     from ctfm.weights import load_pretrained
-    from ctfm_tools.search import Scan, new_output_dir, save_heatmap_png
+    from ctfm.cli.search import Scan, new_output_dir, save_heatmap_png
 
     spacing = tuple(spacing or EMBEDDING_SPACING)
     check_files_exist([{"image": test}, {"image": retest}], keys=("image",), where="the stability inputs")

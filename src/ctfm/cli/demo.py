@@ -163,8 +163,8 @@ def overlay_step(run_dir: Path, sample, body_list: Path) -> dict[str, str]:
 
 def pretrain_step(run_dir: Path, sample, body_list: Path) -> dict[str, str]:
     """Cache the real CT and the phantoms, pretrain six iterations, export the encoder in the released layout."""
-    from ctfm_tools.bundle_run import BUNDLES, run_bundle
-    from ctfm_tools.prepare_pretraining import QualityFilters, prepare_cache
+    from ctfm.cli.bundle_run import BUNDLES, run_bundle
+    from ctfm.cli.prepare_pretraining import QualityFilters, prepare_cache
 
     out = run_dir / "pretrain"
     images = [str(body_list.parent / d["image"]) for d in json.loads(body_list.read_text())["training"]]
@@ -187,7 +187,7 @@ def segmentation_step(run_dir: Path, encoder_weights: Path, body_list: Path, ct_
     from ctfm.registry import totalsegmentator_classes
     from ctfm.transforms import ct_fm_transforms
     from ctfm.viz import save_orthogonal_overlay
-    from ctfm_tools.bundle_run import BUNDLES, run_bundle
+    from ctfm.cli.bundle_run import BUNDLES, run_bundle
 
     bundle, out = BUNDLES / "ct_fm_segmentation", run_dir / "segmentation"
     tiny = {"patch_size": [32, 32, 32], "spacing": [4, 4, 4], "num_workers": 0}
@@ -213,7 +213,7 @@ def segmentation_step(run_dir: Path, encoder_weights: Path, body_list: Path, ct_
 
 def triage_step(run_dir: Path, encoder_weights: Path, head_list: Path) -> dict[str, str]:
     """Train two epochs on head phantoms with and without bleeds, then evaluate on their test split."""
-    from ctfm_tools.bundle_run import BUNDLES, run_bundle
+    from ctfm.cli.bundle_run import BUNDLES, run_bundle
 
     bundle, out = BUNDLES / "ct_fm_triage", run_dir / "triage"
     tiny = {"spacing": [4, 4, 4], "spatial_size": [12, 16, 16], "num_workers": 0, "amp": False}
@@ -230,8 +230,8 @@ def triage_step(run_dir: Path, encoder_weights: Path, head_list: Path) -> dict[s
 
 
 def search_and_saliency_step(run_dir: Path, sample, weights_dir: Path, encoder) -> dict[str, str]:
-    from ctfm_tools.saliency import saliency_maps
-    from ctfm_tools.search import semantic_search
+    from ctfm.cli.saliency import saliency_maps
+    from ctfm.cli.search import semantic_search
 
     # The point is voxel (61, 50, 56) of the abdomen NIfTI; the coarse grids keep this step near a minute.
     matches = semantic_search(

@@ -25,7 +25,7 @@ DEFAULT_STRIDE = (8, 16, 16)
 
 
 def add_arguments(parser) -> None:
-    from ctfm_tools.search import add_window_arguments
+    from ctfm.cli.search import add_window_arguments
 
     parser.add_argument("inputs", nargs="+", help="two or more scans (NIfTI/NRRD files or DICOM folders)")
     add_window_arguments(parser, box=DEFAULT_BOX, stride=DEFAULT_STRIDE, box_help="patch size in voxels (S P L)")
@@ -67,7 +67,7 @@ def pca_maps(inputs, weights, output_dir, box=DEFAULT_BOX, stride=DEFAULT_STRIDE
     from ctfm.validation import check_files_exist
     from ctfm.viz import orthogonal_slices
     from ctfm.weights import load_pretrained
-    from ctfm_tools.search import Scan, new_output_dir, scan_id
+    from ctfm.cli.search import Scan, new_output_dir, scan_id
 
     if len(inputs) < 2:
         raise ValueError("PCA concept maps compare scans: give two or more.")

@@ -1,6 +1,6 @@
 """`ctfm`: one command, one subcommand per tool.
 
-Each tool is a module in this folder (installed as the package ``ctfm_tools``) that defines
+Each tool is a module of this package (``ctfm.cli``) that defines
 ``DESCRIPTION``, ``EXAMPLES``, ``add_arguments(parser)`` and ``run(args) -> int``. The work itself
 is a plain function in :mod:`ctfm` or in the tool module; ``run`` only passes arguments by keyword.
 Modules are imported only when their subcommand is used, so ``ctfm --help`` is instant.
@@ -13,31 +13,32 @@ import importlib
 import sys
 
 import ctfm
+from ctfm.io import root_cause
 
-# subcommand -> module in ctfm_tools. The one table the parser is built from.
+# subcommand -> module in ctfm.cli. The one table the parser is built from.
 COMMANDS: dict[str, str] = {
-    "demo": "ctfm_tools.demo",
-    "fetch-sample-data": "ctfm_tools.fetch_sample_data",
-    "make-phantoms": "ctfm_tools.make_phantoms",
-    "embed": "ctfm_tools.embed",
-    "convert-weights": "ctfm_tools.convert_weights",
-    "info": "ctfm_tools.info",
-    "idc-manifest": "ctfm_tools.idc_manifest",
-    "convert-msd": "ctfm_tools.convert_msd",
-    "evaluate-tumour": "ctfm_tools.evaluate_tumour",
-    "convert-totalsegmentator": "ctfm_tools.convert_totalsegmentator",
-    "compare-segmentation": "ctfm_tools.compare_segmentation",
-    "retrieve": "ctfm_tools.retrieve",
-    "cluster": "ctfm_tools.cluster",
-    "search": "ctfm_tools.search",
-    "ocd": "ctfm_tools.ocd",
-    "pca": "ctfm_tools.pca",
-    "saliency": "ctfm_tools.saliency",
-    "stability": "ctfm_tools.stability",
-    "convert-sinoct": "ctfm_tools.convert_sinoct",
-    "convert-cq500": "ctfm_tools.convert_cq500",
-    "prepare-pretraining": "ctfm_tools.prepare_pretraining",
-    "select-checkpoint": "ctfm_tools.select_checkpoint",
+    "demo": "ctfm.cli.demo",
+    "fetch-sample-data": "ctfm.cli.fetch_sample_data",
+    "make-phantoms": "ctfm.cli.make_phantoms",
+    "embed": "ctfm.cli.embed",
+    "convert-weights": "ctfm.cli.convert_weights",
+    "info": "ctfm.cli.info",
+    "idc-manifest": "ctfm.cli.idc_manifest",
+    "convert-msd": "ctfm.cli.convert_msd",
+    "evaluate-tumour": "ctfm.cli.evaluate_tumour",
+    "convert-totalsegmentator": "ctfm.cli.convert_totalsegmentator",
+    "compare-segmentation": "ctfm.cli.compare_segmentation",
+    "retrieve": "ctfm.cli.retrieve",
+    "cluster": "ctfm.cli.cluster",
+    "search": "ctfm.cli.search",
+    "ocd": "ctfm.cli.ocd",
+    "pca": "ctfm.cli.pca",
+    "saliency": "ctfm.cli.saliency",
+    "stability": "ctfm.cli.stability",
+    "convert-sinoct": "ctfm.cli.convert_sinoct",
+    "convert-cq500": "ctfm.cli.convert_cq500",
+    "prepare-pretraining": "ctfm.cli.prepare_pretraining",
+    "select-checkpoint": "ctfm.cli.select_checkpoint",
 }
 
 SUMMARIES: dict[str, str] = {
@@ -101,17 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         # Our errors already say what is wrong and how to fix it; a traceback adds nothing.
         print(f"ctfm {args.command}: error: {root_cause(err)}", file=sys.stderr)
         return 1
-
-
-def root_cause(err: BaseException) -> BaseException:
-    """Our own error inside MONAI's 'applying transform ...' wrappers, else the error itself."""
-    chain, cur = [], err
-    while cur is not None:
-        chain.append(cur)
-        cur = cur.__cause__
-    # Our errors are the ones defined in ctfm; checking the module avoids importing torch just to report.
-    ours = [e for e in chain if type(e).__module__.startswith("ctfm") or isinstance(e, FileNotFoundError)]
-    return ours[0] if ours else err
 
 
 if __name__ == "__main__":

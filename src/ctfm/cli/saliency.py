@@ -81,7 +81,7 @@ def saliency_maps(inputs, weights, output_dir, spacing=SALIENCY_SPACING, mask_si
     from ctfm.patch_embeddings import save_map
     from ctfm.validation import check_files_exist
     from ctfm.weights import load_pretrained
-    from ctfm_tools.search import Scan, new_output_dir, save_heatmap_png, scan_id
+    from ctfm.cli.search import Scan, new_output_dir, save_heatmap_png, scan_id
 
     check_files_exist([{"image": p} for p in inputs], keys=("image",), where="the saliency inputs")
     out = new_output_dir(output_dir)
