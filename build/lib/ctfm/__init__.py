@@ -1,0 +1,15 @@
+"""ctfm: the shared code of the CT-FM bundles, Auto3DSeg template and tools.
+
+- :mod:`ctfm.registry`     fixed names and numbers (encoder topology, HU range, class maps)
+- :mod:`ctfm.networks`     the CT-FM encoder and the networks built around it
+- :mod:`ctfm.weights`      read and write CT-FM weights in every form a user holds, strictly
+- :mod:`ctfm.transforms`   the canonical CT-FM preprocessing
+- :mod:`ctfm.validation`   checks that turn bad input into clear errors
+- :mod:`ctfm.embeddings`   512-d embeddings of volumes
+- :mod:`ctfm.viz`          figures a person can read
+- :mod:`ctfm.data`         real sample CT from the package registries, and CT-like phantoms
+- :mod:`ctfm.patch_embeddings` sliding-window (patch) embeddings, per window or from one encoder pass
+- :mod:`ctfm.pretraining_cache` the preprocessed HU cache that pretraining reads
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,119 @@
+"""Files in and out, one rule each: volume suffixes, scan ids, paths, atomic writes, CSV, output folders, errors.
+
+Every tool, bundle script and benchmark uses these, so a rule changes in one place only.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+# Single-file volume formats the ITK / NiBabel readers take; a folder is read as a DICOM series.
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def is_volume_file(path: str | os.PathLike) -> bool:
+    """True for a file whose name ends in one of :data:`VOLUME_SUFFIXES` (case-insensitive)."""
+    path = Path(path)
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def strip_volume_suffix(name: str) -> str:
+    """``case1.nii.gz`` -> ``case1``; a name without a volume suffix (a DICOM folder) is returned as is."""
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def scan_id(path: str | os.PathLike, unique: bool = False) -> str:
+    """A file-system-safe id of a scan: its name without the volume suffix.
+
+    ``unique=True`` appends a hash of the absolute path, for collections where two folders may hold
+    scans of the same name (the pretraining cache of 148,000 series).
+    """
+    path = Path(path)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", strip_volume_suffix(path.name)) or "scan"
+    if not unique:
+        return stem
+    return f"{stem[-60:]}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
+
+
+def absolute(path: str | os.PathLike | None) -> Path | None:
+    """``path`` resolved against the caller's working directory (``~`` expanded); ``None`` stays ``None``.
+
+    Every path handed to something that runs elsewhere (a bundle subprocess runs in its bundle folder)
+    goes through here first, so a relative path means what the user meant.
+    """
+    if path is None or str(path) == "":
+        return None
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def new_output_dir(path: str | os.PathLike) -> Path:
+    """Create ``path``; refuse one that already holds files, so no earlier result is overwritten."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} already holds files; choose a new --output-dir so nothing is overwritten.")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path``, so a kill never leaves
+    a partial file under the final name. The file gets the permissions the user's umask gives."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:])  # keep .nii.gz so writers that look at the suffix still work
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[dict | Sequence]) -> str:
+    """CSV text with a header row; rows are dicts (missing keys -> empty) or sequences in column order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns] if isinstance(row, dict) else row)
+    return buffer.getvalue()
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """Our own error inside MONAI's wrappers ("applying transform ...", config expressions), else ``err``.
+
+    MONAI re-raises a transform's or a config expression's error as a ``RuntimeError`` whose
+    ``__cause__`` (or ``__context__``) chain holds the original; ours are the ones defined in ``ctfm``
+    (or a missing file), and they already say what is wrong and how to fix it.
+    """
+    chain, cur, seen = [], err, set()
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    ours = [e for e in chain if type(e).__module__.startswith("ctfm") or isinstance(e, FileNotFoundError)]
+    return ours[0] if ours else err

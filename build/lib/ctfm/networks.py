@@ -1,0 +1,62 @@
+"""The CT-FM encoder and the networks built around it, all from MONAI components.
+
+- :func:`build_encoder`: MONAI ``SegResEncoder`` with the CT-FM topology (77,760,992 parameters).
+- :class:`CTFMEmbedder`: encoder -> global average pool -> (B, 512). The ``network_def`` of
+  anything that outputs embeddings.
+- :func:`build_segmentation_network`: MONAI ``SegResNetDS`` whose ``encoder`` is the CT-FM encoder,
+  so pretrained weights drop in with the ``encoder.`` prefix.
+- :func:`find_encoder`: the one ``SegResEncoder`` inside any of these (or a user's own model).
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import SegResNetDS
+from monai.networks.nets.segresnet_ds import SegResEncoder
+from torch import nn
+
+from ctfm.registry import EMBEDDING_DIM, ENCODER_CONFIG, ENCODER_NORM
+
+
+def build_encoder(**overrides) -> SegResEncoder:
+    """The CT-FM backbone; ``overrides`` change SegResEncoder arguments (e.g. ``in_channels``)."""
+    kwargs = {**ENCODER_CONFIG, "norm": ENCODER_NORM, **overrides}
+    return SegResEncoder(**kwargs)
+
+
+class CTFMEmbedder(nn.Module):
+    """Encoder -> ``AdaptiveAvgPool3d(1)`` of the last stage -> flatten: one 512-d vector per input.
+
+    State-dict keys are the encoder's with the prefix ``encoder.``.
+    """
+
+    def __init__(self, encoder: SegResEncoder | None = None, **encoder_overrides):
+        super().__init__()
+        self.encoder = encoder if encoder is not None else build_encoder(**encoder_overrides)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+
+    @property
+    def out_features(self) -> int:
+        return EMBEDDING_DIM
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.encoder(x)[-1]).flatten(1)
+
+
+def build_segmentation_network(out_channels: int, dsdepth: int = 4, **overrides) -> SegResNetDS:
+    """MONAI ``SegResNetDS`` with the CT-FM encoder topology and batch norm."""
+    kwargs = {**ENCODER_CONFIG, "norm": ENCODER_NORM, "out_channels": out_channels, "dsdepth": dsdepth, **overrides}
+    return SegResNetDS(**kwargs)
+
+
+def find_encoder(model: nn.Module) -> SegResEncoder:
+    """Return the single ``SegResEncoder`` in ``model`` (the model itself, ``.encoder``, a backbone...)."""
+    if isinstance(model, SegResEncoder):
+        return model
+    found = [m for m in model.modules() if isinstance(m, SegResEncoder)]
+    if len(found) != 1:
+        raise ValueError(
+            f"{type(model).__name__} holds {len(found)} SegResEncoder modules; CT-FM weights go into exactly one. "
+            "Pass that submodule itself (e.g. model.encoder)."
+        )
+    return found[0]

@@ -1,0 +1,254 @@
+"""Patch-wise CT-FM embeddings: one 512-d vector per window of a sliding window over a volume.
+
+The one place tools and bundles get patch embeddings. Two ways, on the same window grid:
+
+- :func:`window_embeddings` (the paper's way): every window is cropped and passed through the
+  encoder on its own (``SlidingWindowSplitter``-style, batched). Exact, but one encoder pass per
+  window.
+- :func:`pooled_window_embeddings` (fast): the encoder runs once over the whole volume (the
+  ``SegResEncoder`` is fully convolutional; its last stage has stride 16) and each window's
+  embedding is the average of the last-stage map over the window's cells (``avg_pool3d``). Windows
+  are then multiples of 16 voxels; a stride finer than 16 costs ``16 / stride`` passes per axis, on
+  copies shifted by the stride. The map sees the whole scan, so its values differ a little from a
+  crop's own embedding (context beyond the window); the best matches agree (tests and
+  ``benchmarks/bench_search.py``).
+
+Volumes are preprocessed ``(1, S, P, L)`` tensors (:func:`ctfm.transforms.ct_fm_transforms`), padded
+with air (0 after HU scaling) at the end of each axis so the windows cover every voxel.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ctfm.networks import CTFMEmbedder, find_encoder
+
+STAGE_STRIDE = 16  # voxels per cell of the last encoder stage (four stride-2 convolutions)
+AGGREGATIONS = ("min", "mean", "max")
+# The authors' embedding windows (scripts/3d_mir_generate_embeddings.py): 24 x 128 x 128, overlap 0.625.
+DEFAULT_WINDOW = (24, 128, 128)
+DEFAULT_OVERLAP = 0.625
+
+
+def _plain(image) -> torch.Tensor:
+    """A float tensor without MONAI metadata, channel-first (1, S, P, L)."""
+    image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"expected a preprocessed volume of shape (1, S, P, L), got {tuple(image.shape)}")
+    return image.float()
+
+
+def stride_from_overlap(window: Sequence[int], overlap: float | Sequence[float]) -> tuple[int, ...]:
+    """Window stride in voxels for a fractional ``overlap`` (0 <= overlap < 1), at least one voxel."""
+    overlaps = [float(overlap)] * len(window) if np.isscalar(overlap) else [float(o) for o in overlap]
+    if any(not 0 <= o < 1 for o in overlaps):
+        raise ValueError(f"overlap must be within [0, 1), got {overlap}")
+    return tuple(max(1, int(round(w * (1 - o)))) for w, o in zip(window, overlaps))
+
+
+def covering_shape(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> tuple[int, ...]:
+    """The smallest shape >= ``shape`` on which windows every ``stride`` voxels end exactly at the border."""
+    return tuple(w + int(np.ceil(max(n - w, 0) / s)) * s for n, w, s in zip(shape, window, stride))
+
+
+def pad_to(image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Pad ``(C, S, P, L)`` with air (0) at the end of each axis up to ``shape``."""
+    pad = [0, 0, 0, 0, 0, 0]
+    for axis, (n, target) in enumerate(zip(image.shape[1:], shape)):
+        pad[2 * (2 - axis) + 1] = max(int(target) - n, 0)
+    return F.pad(image, pad, value=0.0) if any(pad) else image
+
+
+def window_grid(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> np.ndarray:
+    """``(N, 3)`` start voxels of the windows over a volume of ``covering_shape`` (C order: L fastest)."""
+    full = covering_shape(shape, window, stride)
+    axes = [np.arange(0, n - w + 1, s) for n, w, s in zip(full, window, stride)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+def grid_shape(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> tuple[int, int, int]:
+    """Windows per axis of :func:`window_grid`."""
+    full = covering_shape(shape, window, stride)
+    return tuple((n - w) // s + 1 for n, w, s in zip(full, window, stride))
+
+
+@torch.no_grad()
+def window_embeddings(
+    model: nn.Module,
+    image,
+    window: Sequence[int] = DEFAULT_WINDOW,
+    stride: Sequence[int] | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed every window crop on its own: ``(embeddings (N, 512), starts (N, 3))``.
+
+    ``stride`` defaults to the authors' overlap of 0.625. The encoder runs in ``eval()`` mode.
+    """
+    stride = tuple(stride) if stride is not None else stride_from_overlap(window, DEFAULT_OVERLAP)
+    embedder = (model if isinstance(model, CTFMEmbedder) else CTFMEmbedder(find_encoder(model))).to(device).eval()
+    image = _plain(image)
+    starts = window_grid(image.shape[1:], window, stride)
+    padded = pad_to(image, covering_shape(image.shape[1:], window, stride))
+    out = []
+    batches = range(0, len(starts), batch_size)
+    for b in tqdm(batches, desc="window embeddings", unit="batch", disable=not progress or len(batches) < 2):
+        crops = [padded[:, s : s + window[0], p : p + window[1], l : l + window[2]] for s, p, l in starts[b : b + batch_size]]
+        out.append(embedder(torch.stack(crops).to(device)).cpu())
+    return torch.cat(out).numpy(), starts
+
+
+@torch.no_grad()
+def feature_map(model: nn.Module, image, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The last encoder stage over the whole volume in one pass: ``(512, ceil(S/16), ceil(P/16), ceil(L/16))``."""
+    encoder = find_encoder(model).to(device).eval()
+    image = _plain(image)
+    shape = [int(np.ceil(n / STAGE_STRIDE)) * STAGE_STRIDE for n in image.shape[1:]]
+    return encoder(pad_to(image, shape)[None].to(device))[-1][0].cpu()
+
+
+def check_fast_grid(window: Sequence[int], stride: Sequence[int]) -> None:
+    """Raise unless the window is a multiple of 16 voxels and each stride divides 16 or is a multiple of it."""
+    bad_w = [w for w in window if w % STAGE_STRIDE]
+    bad_s = [s for s in stride if STAGE_STRIDE % s and s % STAGE_STRIDE]
+    if bad_w or bad_s:
+        raise ValueError(
+            f"window {tuple(window)} / stride {tuple(stride)} do not fit the encoder's last stage (16 voxels per cell): "
+            "the fast (pooled) embeddings need windows that are multiples of 16 and strides that divide 16 "
+            "(1, 2, 4, 8) or are multiples of 16. Change the window/stride, or use the per-window method."
+        )
+
+
+@torch.no_grad()
+def pooled_window_embeddings(
+    model: nn.Module,
+    image,
+    window: Sequence[int],
+    stride: Sequence[int],
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Window embeddings pooled from whole-volume feature maps: same grid and order as :func:`window_embeddings`.
+
+    Passes: one per combination of sub-cell offsets, ``prod(16 // s for s < 16)``; a stride of 16 or
+    more takes one pass.
+    """
+    check_fast_grid(window, stride)
+    image = _plain(image)
+    shape = tuple(image.shape[1:])
+    padded = pad_to(image, covering_shape(shape, window, stride))
+    cells = [w // STAGE_STRIDE for w in window]
+    cell_stride = [max(1, s // STAGE_STRIDE) for s in stride]
+    offsets = list(itertools.product(*[range(0, STAGE_STRIDE, s) if s < STAGE_STRIDE else [0] for s in stride]))
+    counts = grid_shape(shape, window, stride)
+    result = np.zeros((*counts, 512), dtype=np.float32)
+    for off in tqdm(offsets, desc="encoder passes", unit="pass", disable=not progress or len(offsets) < 2):
+        fmap = feature_map(model, padded[:, off[0] :, off[1] :, off[2] :], device=device)
+        pooled = F.avg_pool3d(fmap[None], kernel_size=cells, stride=cell_stride)[0]  # (512, a, b, c)
+        # window index k along an axis with stride s < 16 starts at k * s = off + 16 * j  ->  k = (off + 16 j) / s
+        index = [np.arange(o // s if s < STAGE_STRIDE else 0, n, STAGE_STRIDE // s if s < STAGE_STRIDE else 1)
+                 for o, s, n in zip(off, stride, counts)]
+        sizes = [min(len(i), m) for i, m in zip(index, pooled.shape[1:])]
+        block = pooled[:, : sizes[0], : sizes[1], : sizes[2]].permute(1, 2, 3, 0).numpy()
+        result[np.ix_(index[0][: sizes[0]], index[1][: sizes[1]], index[2][: sizes[2]])] = block
+    return result.reshape(-1, 512), window_grid(shape, window, stride)
+
+
+def aggregate(embeddings: np.ndarray, how: str = "min") -> np.ndarray:
+    """One scan vector from its patch embeddings: element-wise min (the paper's 3D-MIR choice), mean or max."""
+    if how not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {how!r}; choose one of {AGGREGATIONS}")
+    return getattr(np, how)(embeddings, axis=0)
+
+
+def cosine_similarity(query: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    """Cosine similarity of one ``(512,)`` query with each row of ``(N, 512)``."""
+    q = query / max(np.linalg.norm(query), 1e-12)
+    e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    return e @ q
+
+
+METHODS = ("windows", "pooled")
+
+
+def patch_embeddings(
+    model: nn.Module,
+    image,
+    window: Sequence[int] = DEFAULT_WINDOW,
+    stride: Sequence[int] | None = None,
+    method: str = "windows",
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings (N, 512), starts (N, 3))`` by ``method``: "windows" (each crop) or "pooled" (feature map)."""
+    stride = tuple(stride) if stride is not None else stride_from_overlap(window, DEFAULT_OVERLAP)
+    if method == "windows":
+        return window_embeddings(model, image, window, stride, batch_size=batch_size, device=device, progress=progress)
+    if method == "pooled":
+        return pooled_window_embeddings(model, image, window, stride, device=device, progress=progress)
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
+def windows_to_voxels(values: np.ndarray, starts: np.ndarray, window: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """A voxel map ``(C, *shape)`` from per-window values ``(N, C)``: each voxel gets the mean over the windows holding it."""
+    values = np.asarray(values, dtype=np.float32).reshape(len(starts), -1)
+    full = [int(starts[:, a].max()) + window[a] for a in range(3)]
+    total = np.zeros((values.shape[1], *full), dtype=np.float32)
+    count = np.zeros(full, dtype=np.float32)
+    for (s, p, l), v in zip(starts, values):
+        region = (slice(s, s + window[0]), slice(p, p + window[1]), slice(l, l + window[2]))
+        total[(slice(None), *region)] += v[:, None, None, None]
+        count[region] += 1
+    out = total / np.maximum(count, 1)
+    return out[:, : shape[0], : shape[1], : shape[2]]
+
+
+def window_centres(starts: np.ndarray, window: Sequence[int]) -> np.ndarray:
+    """Voxel coordinates of the window centres (float, preprocessed grid)."""
+    return starts + (np.asarray(window) - 1) / 2.0
+
+
+# ----------------------------------------------------------------------------------------------
+# From the preprocessed CT-FM grid back to the scan
+# ----------------------------------------------------------------------------------------------
+def voxel_to_world(affine, voxel) -> np.ndarray:
+    """World (RAS mm, as MONAI reads every format) of voxel coordinates ``(..., 3)``."""
+    a = np.asarray(affine, dtype=float)
+    return np.asarray(voxel, dtype=float) @ a[:3, :3].T + a[:3, 3]
+
+
+def world_to_voxel(affine, world) -> np.ndarray:
+    """Voxel coordinates of world (RAS mm) points ``(..., 3)``."""
+    a = np.linalg.inv(np.asarray(affine, dtype=float))
+    return np.asarray(world, dtype=float) @ a[:3, :3].T + a[:3, 3]
+
+
+def save_map(values: np.ndarray, grid, path, like=None, mode: str = "bilinear"):
+    """Write a voxel map ``(S, P, L)`` that lies on the preprocessed ``grid`` (a MetaTensor) as NIfTI.
+
+    With ``like`` (the scan as read, a MetaTensor from :func:`ctfm.validation.load_volume`) the map
+    is resampled onto the scan's own voxel grid (MONAI ``ResampleToMatch``), so it overlays the
+    original file in any viewer; without it, it keeps the CT-FM grid. Returns the path.
+    """
+    import nibabel as nib
+    from monai.data import MetaTensor
+    from monai.transforms import ResampleToMatch
+
+    heat = MetaTensor(torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32)[None], affine=grid.affine)
+    if like is not None:
+        heat = ResampleToMatch(mode=mode, padding_mode="zeros")(heat, img_dst=like)
+    affine = np.asarray(heat.affine, dtype=float)
+    # MONAI affines are RAS; NIfTI stores RAS too, so the array and affine are written as they are.
+    nib.save(nib.Nifti1Image(heat[0].numpy().astype(np.float32), affine), str(path))
+    return path

@@ -1,0 +1,93 @@
+"""The canonical CT-FM preprocessing: one definition, used by every bundle and tool.
+
+In order (the authors' pretraining pipeline, ``experiments/fm/frameworks/intrasample_simclr.yaml``):
+
+1. read and check the volume (:class:`ctfm.validation.LoadCTd`);
+2. ``Orientation("SPL")``: array axis 0 toward Superior, 1 toward Posterior, 2 toward patient Left;
+3. ``Spacing(3 x 1 x 1 mm)`` (S, P, L) for pretraining and embeddings; ``None`` keeps the native grid;
+4. ``CropForeground`` on raw HU > 0, as the authors did (before scaling, so it keeps the body,
+   not the scanner's air);
+5. optionally ``SpatialPad`` to a minimum size with air (-1024 HU);
+6. ``ScaleIntensityRange(-1024..2048 HU -> 0..1, clip=True)``.
+
+Labels (``label_key``) follow every spatial step with nearest-neighbour interpolation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureTyped,
+    Orientationd,
+    ScaleIntensityRanged,
+    SpatialPadd,
+    Spacingd,
+)
+
+from ctfm.io import root_cause
+from ctfm.registry import AIR_HU, EMBEDDING_SPACING, HU_MAX, HU_MIN, ORIENTATION
+from ctfm.validation import LoadCTd
+
+# Axis labels of the world frame: MONAI readers return RAS+ affines (ITK's LPS is converted).
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+def hu_scaling(keys: str | Sequence[str] = "image") -> ScaleIntensityRanged:
+    """``ScaleIntensityRange(-1024..2048 HU -> 0..1, clip=True)``: CT-FM's only intensity normalisation."""
+    return ScaleIntensityRanged(keys=keys, a_min=HU_MIN, a_max=HU_MAX, b_min=0.0, b_max=1.0, clip=True)
+
+
+def ct_fm_transforms(
+    image_key: str = "image",
+    label_key: str | None = None,
+    spacing: Sequence[float] | None = EMBEDDING_SPACING,
+    crop_foreground: bool = True,
+    min_size: Sequence[int] | None = None,
+    load: bool = True,
+    require_hu: bool = True,
+) -> Compose:
+    """The CT-FM preprocessing of a ``{"image": path[, "label": path]}`` dict (see module docstring).
+
+    Args:
+        spacing: target voxel size in mm along S, P, L; ``None`` keeps the native spacing.
+        crop_foreground: crop to the bounding box of voxels above 0 HU.
+        min_size: pad (with air) to at least this many voxels per axis, e.g. the patch size.
+        load: start with reading the files; ``False`` when the dict already holds MetaTensors.
+        require_hu: reject volumes whose intensities are not Hounsfield units.
+    """
+    keys = [image_key] + ([label_key] if label_key else [])
+    modes = ["bilinear"] + (["nearest"] if label_key else [])
+    steps = []
+    if load:
+        steps.append(LoadCTd(keys, image_key=image_key, label_keys=keys[1:], require_hu=require_hu))
+    steps.append(Orientationd(keys=keys, axcodes=ORIENTATION, labels=RAS_LABELS))
+    if spacing is not None:
+        steps.append(Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes))
+    if crop_foreground:
+        # MONAI's default select_fn keeps x > 0, i.e. HU > 0 before scaling (the authors' choice).
+        steps.append(CropForegroundd(keys=keys, source_key=image_key, allow_smaller=True))
+    if min_size is not None:
+        steps.append(SpatialPadd(keys=image_key, spatial_size=tuple(min_size), value=AIR_HU))
+        if label_key:
+            steps.append(SpatialPadd(keys=label_key, spatial_size=tuple(min_size), value=0))
+    steps.append(hu_scaling(image_key))
+    steps.append(EnsureTyped(keys=keys, dtype=None))
+    return Compose(steps)
+
+
+def preprocess(path, spacing: Sequence[float] | None = EMBEDDING_SPACING, **kwargs):
+    """Read one volume (file or DICOM folder) and apply :func:`ct_fm_transforms`; returns a (1, S, P, L) MetaTensor.
+
+    Input errors surface as themselves (:class:`~ctfm.validation.CTInputError`, ``FileNotFoundError``),
+    not wrapped in MONAI's "applying transform" RuntimeError.
+    """
+    try:
+        return ct_fm_transforms(spacing=spacing, **kwargs)({"image": str(path)})["image"]
+    except RuntimeError as err:
+        cause = root_cause(err)
+        if cause is err:
+            raise
+        raise cause from None

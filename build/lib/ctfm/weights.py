@@ -1,0 +1,375 @@
+"""Read and write CT-FM weights in every form a user holds, strictly and safely.
+
+Forms read (:func:`read_state_dict`):
+
+- a folder in the released Hugging Face layout: ``config.json`` + ``model.safetensors``
+  (``project-lighter/ct_fm_feature_extractor``; also what :func:`save_pretrained` writes);
+- a bare ``.safetensors`` file;
+- a ``torch.save``-d state dict (``.pt``/``.pth``/``.ckpt``/``.bin``): a plain ``SegResEncoder`` or a
+  ``SegResNetDS`` (``encoder.`` prefix), a Lightning/lighter checkpoint (``state_dict`` with
+  ``model.backbone.`` and sometimes ``_orig_mod.``), a MONAI bundle ``models/model.pt`` (or the bundle
+  folder itself).
+
+Pickled files are read with ``torch.load(weights_only=True)``: a file that holds Python objects
+beyond tensors is refused, never unpickled.
+
+Loads are strict. :func:`load_encoder_weights` takes the encoder part of the file (decoder and
+projection-head tensors are set aside by name, and logged) and requires every encoder tensor to be
+present with the right shape, or stops with a :class:`WeightLoadError` that names the file, counts
+and the first keys, and diagnoses the usual causes (instance norm, a 2-D network, another
+``init_filters``, another ``blocks_down``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ctfm.networks import find_encoder
+from ctfm.registry import CONFIG_FILENAME, ENCODER_CONFIG, ENCODER_NORM, WEIGHTS_FILENAME
+
+logger = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl")
+# Keys that wrap a state dict inside a checkpoint, in the order they are tried.
+CHECKPOINT_CONTAINERS = ("state_dict", "model", "network", "model_state_dict", "net", "encoder")
+# Wrapper segments that carry no meaning for the weights: torch.compile and DataParallel/DDP.
+WRAPPER_SEGMENTS = ("_orig_mod.", "module.")
+ENCODER_ANCHOR = "conv_init.weight"  # the first tensor of every SegResEncoder
+ENCODER_ARGS = ("spatial_dims", "in_channels", "init_filters", "blocks_down", "norm", "act", "anisotropic_scales")
+SHOW = 5  # keys shown per list in an error message
+
+
+class WeightLoadError(ValueError):
+    """Weights that cannot be read or do not fit the network. The message says which file, why, and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_weights_file(path: str | os.PathLike) -> Path:
+    """The file that holds the tensors: the path itself, or the weights file inside a folder."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"CT-FM weights not found: {path}. Give a released-format folder (config.json + model.safetensors), "
+            "a .safetensors file, a .pt/.ckpt state dict or a MONAI bundle folder."
+        )
+    if path.is_file():
+        return path
+    for candidate in (WEIGHTS_FILENAME, "models/model.safetensors", "models/model.pt", "model.pt"):
+        if (path / candidate).is_file():
+            return path / candidate
+    found = sorted(p.name for p in path.iterdir())[:10]
+    raise WeightLoadError(
+        f"{path} is a folder without weights: expected {WEIGHTS_FILENAME} (released layout) or models/model.pt "
+        f"(MONAI bundle); it holds {found}."
+    )
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a weights file or folder, as a flat ``name -> tensor`` dict on the CPU."""
+    file = resolve_weights_file(path)
+    if file.suffix == ".safetensors" or _looks_like_safetensors(file):
+        try:
+            return load_file(str(file), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise WeightLoadError(
+                f"Cannot read {file}: {err}. The file is truncated or not a safetensors file; download it again."
+            ) from err
+    try:
+        obj = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        # A complete torch zip archive that weights_only refuses holds pickled objects; anything else is damaged.
+        if isinstance(err, pickle.UnpicklingError) and zipfile.is_zipfile(file):
+            raise WeightLoadError(
+                f"{file} holds Python objects besides tensors, and unpickling them could run code, so it is refused. "
+                "If you trust the file, extract the tensors once in a separate Python session: "
+                "ckpt = torch.load(path, weights_only=False); torch.save(ckpt['state_dict'], 'weights.pt'), "
+                "then load weights.pt."
+            ) from err
+        raise WeightLoadError(
+            f"Cannot read {file}: {type(err).__name__}: {err}. The file is truncated, corrupt or not a PyTorch "
+            f"checkpoint (supported: {WEIGHTS_FILENAME} folders, .safetensors, {', '.join(PICKLE_SUFFIXES)})."
+        ) from err
+    return _unwrap_state_dict(obj, file)
+
+
+def _looks_like_safetensors(file: Path) -> bool:
+    """safetensors files start with an 8-byte header length and then the JSON header."""
+    with open(file, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < file.stat().st_size
+
+
+def _unwrap_state_dict(obj, file: Path) -> dict[str, torch.Tensor]:
+    """Find the flat tensor dict inside a checkpoint (Lightning ``state_dict``, ``{"model": ...}``...)."""
+    if isinstance(obj, nn.Module):  # cannot happen with weights_only, kept for clarity of the contract
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return dict(tensors)
+        for key in CHECKPOINT_CONTAINERS:
+            if isinstance(obj.get(key), Mapping):
+                return _unwrap_state_dict(obj[key], file)
+        raise WeightLoadError(
+            f"{file} is a checkpoint without a state dict: top-level keys {sorted(map(str, obj))[:10]}; "
+            f"expected tensors or one of {CHECKPOINT_CONTAINERS}."
+        )
+    raise WeightLoadError(f"{file} holds a {type(obj).__name__}, not a state dict of tensors.")
+
+
+def strip_wrappers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop ``_orig_mod.`` (torch.compile) and ``module.`` (DDP) wherever they occur in a key."""
+    pattern = re.compile("|".join(re.escape(s) for s in WRAPPER_SEGMENTS))
+    return {pattern.sub("", k): v for k, v in state_dict.items()}
+
+
+def encoder_state_dict(
+    state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike = "<state dict>", prefix: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The ``SegResEncoder`` tensors of a state dict, with their plain names.
+
+    The encoder is found by its first tensor, ``conv_init.weight``: whatever stands before it
+    (``""``, ``encoder.``, ``model.backbone.``, ``trunk.encoder.``...) is the prefix, unless ``prefix``
+    is given. Tensors outside the encoder (decoder, projection head) are set aside and logged.
+    """
+    state_dict = strip_wrappers(state_dict)
+    if prefix is None:
+        prefixes = sorted({k[: -len(ENCODER_ANCHOR)] for k in state_dict if k.endswith(ENCODER_ANCHOR)})
+        if not prefixes:
+            raise WeightLoadError(f"{source} holds no SegResEncoder: {_diagnose_foreign(state_dict)}")
+        if len(prefixes) > 1:
+            raise WeightLoadError(
+                f"{source} holds {len(prefixes)} encoders, under the prefixes {prefixes}. "
+                "Choose one with prefix=... (CLI: --prefix)."
+            )
+        prefix = prefixes[0]
+    encoder = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not encoder:
+        raise WeightLoadError(f"{source} has no tensor under the prefix {prefix!r}.")
+    ignored = sorted({_group(k) for k in state_dict if not k.startswith(prefix)})
+    if ignored:
+        logger.info("%s: using the encoder under %r; set aside %s", source, prefix, ", ".join(ignored))
+    return encoder
+
+
+def _group(key: str) -> str:
+    """``up_layers.3.head.weight`` -> ``up_layers.*``: a short name for a family of set-aside keys."""
+    parts = key.split(".")
+    head = [p for p in parts[:-1] if not p.isdigit()][:2]
+    return ".".join(head or parts[:1]) + ".*"
+
+
+def _diagnose_foreign(state_dict: Mapping[str, torch.Tensor]) -> str:
+    keys = list(state_dict)
+    if any(k.endswith("convInit.conv.weight") for k in keys):
+        return (
+            "it is a MONAI SegResNet (convInit/down_layers), a different network from SegResNetDS/SegResEncoder; "
+            "its weights cannot be used as CT-FM weights."
+        )
+    if any("patch_embed" in k or "swinViT" in k for k in keys):
+        return "it looks like a Swin transformer (SwinUNETR), not the CT-FM SegResEncoder."
+    return f"no key ends with {ENCODER_ANCHOR!r}; first keys: {keys[:SHOW]}."
+
+
+def infer_encoder_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """What architecture a plain ``SegResEncoder`` state dict was saved from (for diagnoses)."""
+    conv = state_dict.get(ENCODER_ANCHOR)
+    config: dict = {}
+    if conv is not None:
+        config.update(spatial_dims=conv.ndim - 2, in_channels=int(conv.shape[1]), init_filters=int(conv.shape[0]))
+    blocks: dict[int, set[int]] = {}
+    for key in state_dict:
+        m = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.", key)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if blocks:
+        config["blocks_down"] = [len(blocks.get(i, ())) for i in range(max(blocks) + 1)]
+    norm_keys = [k for k in state_dict if ".norm" in k]
+    if any(k.endswith("running_mean") for k in norm_keys):
+        config["norm"] = "batch"
+    elif norm_keys:
+        config["norm"] = "instance or group (affine, no running statistics)"
+    elif blocks:
+        config["norm"] = "instance without affine parameters (no norm tensors at all)"
+    return config
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading into networks
+# ----------------------------------------------------------------------------------------------
+
+
+def load_encoder_weights(model: nn.Module, path: str | os.PathLike, prefix: str | None = None) -> nn.Module:
+    """Load CT-FM encoder weights from ``path`` into the ``SegResEncoder`` inside ``model``, strictly.
+
+    ``model`` is a ``SegResEncoder``, a ``SegResNetDS`` (its decoder stays as it is), a
+    :class:`~ctfm.networks.CTFMEmbedder`, a classifier, or any module with exactly one
+    ``SegResEncoder`` in it. Returns ``model``.
+    """
+    encoder = find_encoder(model)
+    source = resolve_weights_file(path)
+    weights = encoder_state_dict(read_state_dict(source), source, prefix)
+    _check_fits(encoder, weights, source, what="the CT-FM encoder")
+    encoder.load_state_dict(weights, strict=True)
+    logger.info("Loaded %d encoder tensors from %s", len(weights), source)
+    return model
+
+
+def load_network_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a whole network's weights (e.g. the released whole-body ``SegResNetDS``), strictly.
+
+    Wrapper segments (``_orig_mod.``, ``module.``) and one leading prefix shared by every key that
+    the network lacks (``model.``, ``network.``...) are removed first.
+    """
+    source = resolve_weights_file(path)
+    weights = strip_wrappers(read_state_dict(source))
+    expected = model.state_dict()
+    if not set(weights) & set(expected):
+        first = next(iter(weights), "")
+        lead = first.split(".", 1)[0] + "." if "." in first else ""
+        if lead and all(k.startswith(lead) for k in weights):
+            weights = {k[len(lead) :]: v for k, v in weights.items()}
+    _check_fits(model, weights, source, what=type(model).__name__)
+    model.load_state_dict(weights, strict=True)
+    return model
+
+
+def _check_fits(module: nn.Module, weights: Mapping[str, torch.Tensor], source, what: str) -> None:
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    misshaped = [
+        f"{k}: file {list(weights[k].shape)} vs network {list(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"{source} does not fit {what}:"]
+    for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if keys:
+            more = f", ... ({len(keys) - SHOW} more)" if len(keys) > SHOW else ""
+            lines.append(f"  {len(keys)} {title} key(s): {', '.join(keys[:SHOW])}{more}")
+    diagnosis = _diagnose_mismatch(module, weights)
+    if diagnosis:
+        lines.append(f"Diagnosis: {diagnosis}")
+    lines.append(
+        "Nothing was loaded. Use weights saved from the same architecture, or build the network to match the file."
+    )
+    raise WeightLoadError("\n".join(lines))
+
+
+def _diagnose_mismatch(module: nn.Module, weights: Mapping[str, torch.Tensor]) -> str:
+    """Name the architecture difference behind a key mismatch, when the tensors reveal it."""
+    try:
+        encoder = find_encoder(module)
+    except ValueError:
+        return ""
+    enc_weights = weights
+    if module is not encoder:  # whole-network load: compare the encoder parts
+        enc_weights = {k[len("encoder.") :]: v for k, v in weights.items() if k.startswith("encoder.")}
+    have, want = infer_encoder_config(enc_weights), infer_encoder_config(encoder.state_dict())
+    notes = []
+    if have.get("spatial_dims") not in (None, want.get("spatial_dims")):
+        notes.append(f"the file holds a {have['spatial_dims']}-D network; CT-FM is 3-D")
+    for arg in ("in_channels", "init_filters", "blocks_down", "norm"):
+        if arg in have and have[arg] != want.get(arg):
+            notes.append(f"{arg} is {have[arg]} in the file but {want.get(arg)} in the network")
+    if not notes and module is not encoder:
+        notes.append("the encoder matches; the decoder differs (another number of classes or deep-supervision depth)")
+    return "; ".join(notes)
+
+
+# ----------------------------------------------------------------------------------------------
+# The released layout: config.json + model.safetensors
+# ----------------------------------------------------------------------------------------------
+
+
+def encoder_config(encoder: nn.Module) -> dict:
+    """The ``config.json`` of an encoder: the released four keys, plus ``norm`` when it is not batch."""
+    inferred = infer_encoder_config(find_encoder(encoder).state_dict())
+    config = {k: inferred[k] for k in ENCODER_CONFIG}
+    if inferred.get("norm") != ENCODER_NORM:
+        config["norm"] = "instance"
+    return config
+
+
+def save_pretrained(
+    model: nn.Module, folder: str | os.PathLike, overwrite: bool = False, model_card: str | None = None
+) -> Path:
+    """Write the encoder inside ``model`` in the released CT-FM layout, exactly as
+    huggingface_hub's ``PyTorchModelHubMixin.save_pretrained`` lays it out: ``model.safetensors``
+    (plain ``SegResEncoder`` keys, BatchNorm buffers included) and ``config.json`` (sorted keys,
+    two-space indent). ``lighter_zoo.SegResEncoder.from_pretrained(folder)`` reads it.
+
+    The folder is written next to its destination and renamed into place, so a killed save leaves
+    no half folder; an existing folder is never replaced unless ``overwrite``.
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder} already exists and is not empty; pass overwrite=True to replace it.")
+    encoder = find_encoder(model)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_FILENAME))
+        (tmp / CONFIG_FILENAME).write_text(json.dumps(encoder_config(encoder), sort_keys=True, indent=2))
+        if model_card:
+            (tmp / "README.md").write_text(model_card)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    """The ``SegResEncoder`` arguments in a released-format ``config.json``, checked."""
+    path = Path(folder) / CONFIG_FILENAME
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: a released-format folder holds config.json and {WEIGHTS_FILENAME}.")
+    except json.JSONDecodeError as err:
+        raise WeightLoadError(f"{path} is not valid JSON ({err}); download or write it again.") from err
+    if not isinstance(config, dict):
+        raise WeightLoadError(f"{path} must hold a JSON object of SegResEncoder arguments, not {type(config).__name__}.")
+    if config.get("head_module") is not None:
+        raise WeightLoadError(f"{path} sets head_module; CT-FM encoders have none.")
+    return {k: v for k, v in config.items() if k in ENCODER_ARGS}
+
+
+def load_pretrained(path: str | os.PathLike) -> nn.Module:
+    """Build a ``SegResEncoder`` from a released-format folder (its ``config.json``) and load it strictly.
+
+    A bare weights file (no ``config.json``) is built with the CT-FM topology. The encoder is
+    returned in ``eval()`` mode: BatchNorm must use the stored running statistics.
+    """
+    from ctfm.networks import build_encoder
+
+    path = Path(path)
+    config = read_config(path) if path.is_dir() and (path / CONFIG_FILENAME).exists() else {}
+    encoder = build_encoder(**config)
+    load_encoder_weights(encoder, path)
+    return encoder.eval()
