@@ -172,6 +172,9 @@ def test_thick_slices_are_read_with_a_warning(slice_mm, warned, tmp_path, caplog
     assert bool(messages) == warned
     if warned:
         assert path in messages[0] and f"{slice_mm:g} mm" in messages[0]
+        caplog.clear()
+        preprocess(path, spacing=None)  # an epoch later: the same file is not warned about again
+        assert not [r for r in caplog.records if "thicker than 5 mm" in r.getMessage()]
 
 
 # --- Label values ------------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 
+from ctfm.registry import AIR_HU  # what nonfinite="air" writes (the CT-FM padding value)
+
 MIN_SIZE = 4  # voxels per axis below which a "volume" is a slice, a localizer or a thumbnail
 AFFINE_TOL = 1e-3  # mm: label and image grids must agree to this
-AIR_HU = -1024.0  # what nonfinite="air" writes (the CT-FM padding value)
 NONFINITE_POLICIES = ("error", "air")
 # Slices thicker than this were never in CT-FM's pretraining data (the paper keeps 1..5 mm): the loader
 # warns above it; prepare-pretraining's quality filter refuses such scans.
@@ -32,6 +33,7 @@ NO_AIR_MIN_SPREAD_HU = 20.0  # even a brain-windowed CT (0..80 HU) spans more; a
 STATS_SAMPLE = 1 << 20  # voxels read for the percentile statistics (an even stride through the volume)
 
 logger = logging.getLogger(__name__)
+_warned_thick: set[str] = set()  # files already warned about in this process (epochs re-read every scan)
 
 
 class CTInputError(ValueError):
@@ -213,18 +215,20 @@ def non_hu_reason(img: torch.Tensor) -> str | None:
 def warn_thick_slices(img: torch.Tensor, source: str | None = None) -> None:
     """Log a warning when a voxel axis is coarser than ``MAX_SLICE_SPACING_MM`` (CT-FM never saw such slices).
 
-    The one rule for extreme slice spacing: every entry point accepts the scan with this warning;
-    only prepare-pretraining refuses it, as the paper's quality filter (1..5 mm).
+    The one rule for extreme slice spacing: every entry point accepts the scan with this warning (once
+    per file and process); only prepare-pretraining refuses it, as the paper's quality filter (1..5 mm).
     """
     pixdim = getattr(img, "pixdim", None)
-    if pixdim is None:
+    source = source or source_name(img)
+    if pixdim is None or source in _warned_thick:
         return
     spacing = [round(float(v), 3) for v in pixdim[:3]]
     if max(spacing) > MAX_SLICE_SPACING_MM:
+        _warned_thick.add(source)
         logger.warning(
             "%s: voxel spacing %s mm; slices thicker than %g mm were not in CT-FM's pretraining data (1..5 mm), "
             "so embeddings and predictions may be poor. Use a thinner reconstruction if there is one.",
-            source or source_name(img), " x ".join(f"{v:g}" for v in spacing), MAX_SLICE_SPACING_MM,
+            source, " x ".join(f"{v:g}" for v in spacing), MAX_SLICE_SPACING_MM,
         )
 
 
