@@ -193,12 +193,43 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
-def test_untrusted_pickle_is_refused_not_run(encoder, tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy_pickle"])
+def test_untrusted_pickle_is_refused_not_run_with_our_message(encoder, tmp_path, legacy):
     marker = tmp_path / "code_ran"
-    torch.save({"state_dict": encoder.state_dict(), "hyper_parameters": _Payload(marker)}, tmp_path / "evil.ckpt")
-    with pytest.raises(WeightLoadError, match="refused"):
+    torch.save({"state_dict": encoder.state_dict(), "hyper_parameters": _Payload(marker)}, tmp_path / "evil.ckpt",
+               _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(WeightLoadError, match="refused") as err:
         load_encoder_weights(build_encoder(), tmp_path / "evil.ckpt")
     assert not marker.exists()
+    assert str(tmp_path / "evil.ckpt") in str(err.value) and "only if you trust" in str(err.value).lower()
+    # torch's own hint ("weights_only=False will likely succeed") is neither shown nor chained
+    assert "likely succeed" not in str(err.value) and err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_config_json_of_another_topology_is_refused_where_ct_fm_is_promised(tmp_path):
+    small = save_pretrained(build_encoder(init_filters=16), tmp_path / "small")
+    with pytest.raises(WeightLoadError, match=r"init_filters 16 \(CT-FM: 32\).*256-d outputs.*not be CT-FM") as err:
+        load_pretrained(small)
+    assert str(small / "config.json") in str(err.value)
+    assert load_pretrained(small, require_ct_fm=False).conv_init.out_channels == 16  # asked for explicitly
+
+    instance = save_pretrained(build_encoder(norm="instance"), tmp_path / "instance")
+    with pytest.raises(WeightLoadError, match=r"norm instance \(CT-FM: batch\)"):
+        load_pretrained(instance)
+
+
+def test_the_embed_command_refuses_non_ct_fm_weights(tmp_path, capsys):
+    import nibabel as nib
+
+    from ctfm.cli.main import main
+    from ctfm.data.phantoms import make_body_phantom
+
+    nib.save(make_body_phantom(seed=0, shape=(16, 32, 32)).to_nifti(), tmp_path / "ct.nii.gz")
+    small = save_pretrained(build_encoder(init_filters=16), tmp_path / "small")
+    args = ["embed", "--weights", str(small), "--output-dir", str(tmp_path / "e"), str(tmp_path / "ct.nii.gz")]
+    assert main(args) == 1
+    assert "not the CT-FM encoder" in capsys.readouterr().err
+    assert not list((tmp_path / "e").glob("*.npy"))  # before: 256-d "CT-FM" embeddings, exit 0
 
 
 @pytest.mark.parametrize(
@@ -234,6 +265,17 @@ def test_full_segmentation_network_in_released_layout(tmp_path):
 
     with pytest.raises(WeightLoadError, match="the decoder differs"):
         load_network_weights(build_segmentation_network(out_channels=5, dsdepth=4), tmp_path / "whole_body")
+
+
+@pytest.mark.parametrize("form", ["released", "prefixed"])
+def test_encoder_only_file_where_a_whole_network_is_expected_is_named_so(released, encoder, tmp_path, form):
+    path = released
+    if form == "prefixed":  # e.g. a CTFMEmbedder / pretraining export: the encoder under "embedder.encoder."
+        path = tmp_path / "embedder.pt"
+        torch.save({f"embedder.encoder.{k}": v for k, v in encoder.state_dict().items()}, path)
+    with pytest.raises(WeightLoadError, match=r"Diagnosis: the file holds only an encoder \(161 SegResEncoder") as err:
+        load_network_weights(build_segmentation_network(out_channels=118), path)
+    assert "decoder differs" not in str(err.value) and "ct_fm_weights" in str(err.value)
 
 
 def test_save_never_replaces_an_existing_folder(released, encoder):

@@ -48,6 +48,8 @@ def ct_fm_transforms(
     min_size: Sequence[int] | None = None,
     load: bool = True,
     require_hu: bool = True,
+    nonfinite: str = "error",
+    num_classes: int | None = None,
 ) -> Compose:
     """The CT-FM preprocessing of a ``{"image": path[, "label": path]}`` dict (see module docstring).
 
@@ -57,12 +59,22 @@ def ct_fm_transforms(
         min_size: pad (with air) to at least this many voxels per axis, e.g. the patch size.
         load: start with reading the files; ``False`` when the dict already holds MetaTensors.
         require_hu: reject volumes whose intensities are not Hounsfield units.
+        nonfinite: ``"error"`` refuses an image with NaN or infinite voxels (naming the file and the
+            count); ``"air"`` reads them as -1024 HU with a logged warning. Never silent.
+        num_classes: refuse label values outside ``0..num_classes-1`` (naming the file and the values).
+
+    The checks are :class:`ctfm.validation.LoadCTd`'s; ``docs/input_checks.md`` lists them.
     """
     keys = [image_key] + ([label_key] if label_key else [])
     modes = ["bilinear"] + (["nearest"] if label_key else [])
     steps = []
     if load:
-        steps.append(LoadCTd(keys, image_key=image_key, label_keys=keys[1:], require_hu=require_hu))
+        steps.append(
+            LoadCTd(
+                keys, image_key=image_key, label_keys=keys[1:], require_hu=require_hu,
+                nonfinite=nonfinite, num_classes=num_classes,
+            )
+        )
     steps.append(Orientationd(keys=keys, axcodes=ORIENTATION, labels=RAS_LABELS))
     if spacing is not None:
         steps.append(Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes))

@@ -11,7 +11,11 @@ Forms read (:func:`read_state_dict`):
   folder itself).
 
 Pickled files are read with ``torch.load(weights_only=True)``: a file that holds Python objects
-beyond tensors is refused, never unpickled.
+beyond tensors is refused with our own message, never unpickled (and torch's hint to retry with
+``weights_only=False`` is not passed on).
+
+Where a CT-FM embedding is promised (:func:`load_pretrained`), a folder whose ``config.json``
+describes another topology (``init_filters`` 16, say) is refused before anything is built.
 
 Loads are strict. :func:`load_encoder_weights` takes the encoder part of the file (decoder and
 projection-head tensors are set aside by name, and logged) and requires every encoder tensor to be
@@ -29,7 +33,6 @@ import pickle
 import re
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ctfm.networks import find_encoder
-from ctfm.registry import CONFIG_FILENAME, ENCODER_CONFIG, ENCODER_NORM, WEIGHTS_FILENAME
+from ctfm.registry import CONFIG_FILENAME, EMBEDDING_DIM, ENCODER_CONFIG, ENCODER_NORM, WEIGHTS_FILENAME
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +98,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(file), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        # A complete torch zip archive that weights_only refuses holds pickled objects; anything else is damaged.
-        if isinstance(err, pickle.UnpicklingError) and zipfile.is_zipfile(file):
+        if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower():
+            # torch's own text suggests weights_only=False, the one thing not to do with an unknown file:
+            # our message replaces it, and the chain is cut so no traceback shows it either.
+            needs = re.search(r"GLOBAL ([\w.]+)", str(err))
             raise WeightLoadError(
-                f"{file} holds Python objects besides tensors, and unpickling them could run code, so it is refused. "
-                "If you trust the file, extract the tensors once in a separate Python session: "
-                "ckpt = torch.load(path, weights_only=False); torch.save(ckpt['state_dict'], 'weights.pt'), "
-                "then load weights.pt."
-            ) from err
+                f"{file} holds Python objects besides tensors{f' (it needs {needs.group(1)})' if needs else ''}, "
+                "or is a damaged legacy checkpoint. Reading it would mean unpickling, which can run code, so it is "
+                "refused. Only if you trust where the file came from, extract its state_dict once, on a machine "
+                "where running its code is acceptable, with torch.save(state_dict, 'weights.pt') (a file of tensors "
+                "only), and give weights.pt instead."
+            ) from None
         raise WeightLoadError(
             f"Cannot read {file}: {type(err).__name__}: {err}. The file is truncated, corrupt or not a PyTorch "
             f"checkpoint (supported: {WEIGHTS_FILENAME} folders, .safetensors, {', '.join(PICKLE_SUFFIXES)})."
@@ -152,7 +158,7 @@ def encoder_state_dict(
     """
     state_dict = strip_wrappers(state_dict)
     if prefix is None:
-        prefixes = sorted({k[: -len(ENCODER_ANCHOR)] for k in state_dict if k.endswith(ENCODER_ANCHOR)})
+        prefixes = _encoder_prefixes(state_dict)
         if not prefixes:
             raise WeightLoadError(f"{source} holds no SegResEncoder: {_diagnose_foreign(state_dict)}")
         if len(prefixes) > 1:
@@ -168,6 +174,11 @@ def encoder_state_dict(
     if ignored:
         logger.info("%s: using the encoder under %r; set aside %s", source, prefix, ", ".join(ignored))
     return encoder
+
+
+def _encoder_prefixes(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """What stands before ``conv_init.weight`` in each key that ends with it: one prefix per encoder."""
+    return sorted({k[: -len(ENCODER_ANCHOR)] for k in state_dict if k.endswith(ENCODER_ANCHOR)})
 
 
 def _group(key: str) -> str:
@@ -285,7 +296,16 @@ def _diagnose_mismatch(module: nn.Module, weights: Mapping[str, torch.Tensor]) -
         return ""
     enc_weights = weights
     if module is not encoder:  # whole-network load: compare the encoder parts
-        enc_weights = {k[len("encoder.") :]: v for k, v in weights.items() if k.startswith("encoder.")}
+        prefixes = _encoder_prefixes(weights)
+        prefix = prefixes[0] if len(prefixes) == 1 else "encoder."
+        enc_weights = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        if len(prefixes) == 1 and len(enc_weights) == len(weights):
+            return (
+                f"the file holds only an encoder ({len(weights)} SegResEncoder tensors"
+                f"{f' under {prefix!r}' if prefix else ''}, no decoder): encoder-only weights, such as CT-FM's "
+                f"pretrained encoder, not a whole {type(module).__name__}. Give them as the encoder initialisation "
+                "(load_encoder_weights; the bundles' ct_fm_weights), or give the trained network's weights here"
+            )
     have, want = infer_encoder_config(enc_weights), infer_encoder_config(encoder.state_dict())
     notes = []
     if have.get("spatial_dims") not in (None, want.get("spatial_dims")):
@@ -360,16 +380,46 @@ def read_config(folder: str | os.PathLike) -> dict:
     return {k: v for k, v in config.items() if k in ENCODER_ARGS}
 
 
-def load_pretrained(path: str | os.PathLike) -> nn.Module:
+def check_ct_fm_config(config: Mapping, source: str | os.PathLike = CONFIG_FILENAME) -> None:
+    """Raise :class:`WeightLoadError` unless ``config`` (``SegResEncoder`` arguments) is the CT-FM topology.
+
+    Arguments it leaves out are CT-FM's, as :func:`ctfm.networks.build_encoder` fills them in.
+    """
+    want = {**ENCODER_CONFIG, "norm": ENCODER_NORM, "act": "relu", "anisotropic_scales": None}
+
+    def plain(value):  # ("relu", {...}) -> "relu"; (1, 2) -> [1, 2]
+        if isinstance(value, (list, tuple)):
+            return str(value[0]).lower() if value and isinstance(value[0], str) else list(value)
+        return value.lower() if isinstance(value, str) else value
+
+    differ = {k: config[k] for k in want if k in config and plain(config[k]) != plain(want[k])}
+    if not differ:
+        return
+    shown = ", ".join(f"{k} {v} (CT-FM: {want[k]})" for k, v in differ.items())
+    merged = {**ENCODER_CONFIG, **config}
+    width = merged["init_filters"] * 2 ** (len(merged["blocks_down"]) - 1)  # channels of the last stage
+    outputs = "outputs" if width == EMBEDDING_DIM else f"{width}-d outputs"
+    raise WeightLoadError(
+        f"{source} describes a SegResEncoder with {shown}: not the CT-FM encoder, so its {outputs} would "
+        "not be CT-FM embeddings. Give the CT-FM weights (the released ct_fm_feature_extractor folder, or an "
+        "encoder exported by the pretraining bundle); to build what the file describes instead, call "
+        "load_pretrained(path, require_ct_fm=False)."
+    )
+
+
+def load_pretrained(path: str | os.PathLike, require_ct_fm: bool = True) -> nn.Module:
     """Build a ``SegResEncoder`` from a released-format folder (its ``config.json``) and load it strictly.
 
-    A bare weights file (no ``config.json``) is built with the CT-FM topology. The encoder is
-    returned in ``eval()`` mode: BatchNorm must use the stored running statistics.
+    A ``config.json`` that describes another topology than CT-FM's is refused (:func:`check_ct_fm_config`)
+    unless ``require_ct_fm=False``. A bare weights file (no ``config.json``) is built with the CT-FM
+    topology. The encoder is returned in ``eval()`` mode: BatchNorm must use the stored running statistics.
     """
     from ctfm.networks import build_encoder
 
     path = Path(path)
     config = read_config(path) if path.is_dir() and (path / CONFIG_FILENAME).exists() else {}
+    if config and require_ct_fm:
+        check_ct_fm_config(config, path / CONFIG_FILENAME)
     encoder = build_encoder(**config)
     load_encoder_weights(encoder, path)
     return encoder.eval()
