@@ -226,3 +226,15 @@ def test_label_with_nan_is_refused_even_with_nonfinite_air(labelled):
         ct_fm_transforms(label_key="label", nonfinite="air")({"image": image, "label": path})
     text = str(err.value) + str(err.value.__cause__)
     assert path in text and "1 NaN" in text
+
+
+def test_reading_dicom_prints_no_nvimagecodec_lines(sample_ct):
+    """MONAI's notice that a GPU JPEG decoder is absent is silenced: it buried the messages that matter."""
+    import subprocess
+    import sys
+
+    code = f"from ctfm.validation import load_volume; print(tuple(load_volume({str(sample_ct.dicom_dir)!r}).shape))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "512, 512" in proc.stdout
+    assert "nvImageCodec" not in proc.stderr + proc.stdout

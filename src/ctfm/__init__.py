@@ -12,4 +12,12 @@
 - :mod:`ctfm.pretraining_cache` the preprocessed HU cache that pretraining reads
 """
 
+import logging as _logging
+import warnings as _warnings
+
 __version__ = "0.1.0"
+
+# MONAI announces at every DICOM read that the GPU JPEG decoder nvImageCodec is absent; CT-FM reads DICOM with
+# ITK or pydicom's own decoders, so the lines only bury the messages that matter.
+_logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(_logging.ERROR)
+_warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin")
