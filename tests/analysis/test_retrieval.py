@@ -1,19 +1,17 @@
-"""Retrieval metrics, readers, the search index and t-SNE plots (no encoder needed: fast)."""
+"""Retrieval metrics, readers, the search index, and `ctfm retrieve` (no encoder needed except the last: fast)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from ctfm.cli.retrieve import EmbeddingIndex, read_organmnist3d, retrieval_metrics
+from ctfm.analysis.retrieval import EmbeddingIndex, read_organmnist3d, retrieval_metrics
 
-CTFM = [sys.executable, "-m", "ctfm.cli.main"]
+from ._cli import CTFM, clustered
 
 
 def test_retrieval_metrics_equal_hand_computed_values():
@@ -27,12 +25,6 @@ def test_retrieval_metrics_equal_hand_computed_values():
     assert m["ap@3"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 0) / 2)
     # F1@3 of query 0: P = 2/3, R = 2/2 -> 0.8
     assert m["f1@3"] == pytest.approx((0.8 + 0) / 2)
-
-
-def clustered(n, d=32, centres=20, seed=0):
-    rng = np.random.default_rng(seed)
-    c = rng.normal(size=(centres, d)).astype(np.float32)
-    return c[rng.integers(0, centres, n)] + 0.3 * rng.normal(size=(n, d)).astype(np.float32)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
@@ -97,34 +89,6 @@ def test_retrieve_cli_scores_3d_mir_like_tables(tmp_path):
     assert [r["match"] for r in rows] == ["c0", "c1", "c2"]
     again = subprocess.run(out.args, capture_output=True, text=True)
     assert again.returncode == 1 and "already holds files" in again.stderr
-
-
-def test_cluster_writes_one_readable_png_per_perplexity(tmp_path):
-    emb = clustered(30, d=16, centres=3)
-    ids = [f"s{i}" for i in range(30)]
-    np.savez(tmp_path / "e.npz", embeddings=emb, ids=np.array(ids))
-    with open(tmp_path / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["scan_id", "organ"])
-        w.writerows([i, ["liver", "spleen", "kidney"][n % 3]] for n, i in enumerate(ids))
-    out = subprocess.run([*CTFM, "cluster", "--embeddings", str(tmp_path / "e.npz"), "--labels",
-                          str(tmp_path / "labels.csv"), "--label-column", "organ", "--perplexity", "5", "10", "100",
-                          "--output-dir", str(tmp_path / "t")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    pngs = sorted((tmp_path / "t").glob("tsne_perplexity_*.png"))
-    assert [p.name for p in pngs] == ["tsne_perplexity_10.png", "tsne_perplexity_5.png"]  # 100 >= 30 points: skipped
-    for p in pngs:
-        img = np.asarray(Image.open(p).convert("RGB"))
-        assert img.shape == (700, 800, 3)
-        assert (np.abs(img[..., 0].astype(int) - img[..., 2]) > 60).any()  # coloured points, not only axes
-    assert json.loads((tmp_path / "t" / "cluster.json").read_text())["skipped_perplexities"] == [100.0]
-
-
-def test_lab_to_rgb_known_colours():
-    from ctfm.cli.pca import lab_to_rgb
-
-    rgb = lab_to_rgb(np.array([[100.0, 0, 0], [0.0, 0, 0], [53.24, 80.09, 67.20]]))
-    np.testing.assert_allclose(rgb, [[1, 1, 1], [0, 0, 0], [1, 0, 0]], atol=0.01)
 
 
 @pytest.mark.slow
