@@ -15,7 +15,7 @@ import torch
 
 from ctfm.registry import TOTALSEG_NUM_CLASSES, totalsegmentator_classes
 from ctfm.cli.compare_segmentation import compare_segmentation
-from ctfm.cli.convert_totalsegmentator import convert_totalsegmentator
+from ctfm.datasets.totalsegmentator import convert_totalsegmentator
 from bundle_runner import use_bundle_scripts, verify_metadata
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_segmentation"

@@ -13,6 +13,7 @@ import pytest
 
 from ctfm.data.phantoms import make_head_phantom
 from ctfm.cli import convert_cq500, convert_sinoct
+from ctfm.datasets import cq500, sinoct
 
 
 def _cli(module, argv: list[str]) -> int:
@@ -52,8 +53,8 @@ def test_sinoct_datalist_has_a_seeded_stratified_811_split(sinoct_tree, tmp_path
     assert all(e["label"] == labels[e["id"]] for e in entries)
     assert all((root / e["image"]).is_file() for e in entries)
     # The same seed gives the same split; another seed another one.
-    convert_sinoct.convert_sinoct(root, tmp_path / "b.json", seed=0)
-    convert_sinoct.convert_sinoct(root, tmp_path / "c.json", seed=1)
+    sinoct.convert_sinoct(root, tmp_path / "b.json", seed=0)
+    sinoct.convert_sinoct(root, tmp_path / "c.json", seed=1)
     assert json.loads((tmp_path / "b.json").read_text())["testing"] == first["testing"]
     assert json.loads((tmp_path / "c.json").read_text())["testing"] != first["testing"]
     # The bundle reads it as it is.
@@ -71,14 +72,14 @@ def test_sinoct_problems_fail_clearly(sinoct_tree, tmp_path):
     out = tmp_path / "d.json"
     out.write_text("{}")
     with pytest.raises(FileExistsError, match="already exists"):
-        convert_sinoct.convert_sinoct(root, out)
+        sinoct.convert_sinoct(root, out)
     (root / "series_3" / "nrrd" / "scan.nii.gz").unlink()
     with pytest.raises(ValueError, match="series_3 holds no NIfTI/NRRD file or DICOM series"):
-        convert_sinoct.convert_sinoct(root, tmp_path / "e.json")
+        sinoct.convert_sinoct(root, tmp_path / "e.json")
     with open(root / "labels.csv", "a") as f:
         f.write("series_99,maybe\n")
     with pytest.raises(ValueError, match="series_99: label 'maybe'"):
-        convert_sinoct.convert_sinoct(root, tmp_path / "f.json")
+        sinoct.convert_sinoct(root, tmp_path / "f.json")
 
 
 # --- CQ500 --------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def test_cq500_labels_follow_the_any_finding_rule_and_series_selection(cq500_tre
     assert {e["series"] for e in by_id.values()} == {"CT Plain"}
     assert all(e["image"].endswith("Unknown Study/CT Plain") and e["n_slices"] > 3 for e in by_id.values())
     assert datalist["skipped"] == [{"id": "CQ500-CT-7", "reason": f"no study folder CQ500CT7 in {cq500_tree}"}]
-    convert_cq500.convert_cq500(cq500_tree, tmp_path / "majority.json", rule="majority")
+    cq500.convert_cq500(cq500_tree, tmp_path / "majority.json", rule="majority")
     majority = {e["id"]: e["label"] for e in json.loads((tmp_path / "majority.json").read_text())["testing"]}
     assert majority == {"CQ500-CT-0": 0, "CQ500-CT-1": 1, "CQ500-CT-2": 0}
 
@@ -169,7 +170,7 @@ def test_cq500_chosen_series_reads_back_as_the_phantom_in_hu(cq500_tree, tmp_pat
 
     from ctfm.validation import load_volume
 
-    convert_cq500.convert_cq500(cq500_tree, tmp_path / "cq500.json")
+    cq500.convert_cq500(cq500_tree, tmp_path / "cq500.json")
     entry = json.loads((tmp_path / "cq500.json").read_text())["testing"][1]
     volume = Orientation(axcodes="SPL")(load_volume(cq500_tree / entry["image"]))
     expected = make_head_phantom(seed=1, bleed=True, scale=0.5, spacing=(5.0, 2.0, 2.0)).image
@@ -178,7 +179,7 @@ def test_cq500_chosen_series_reads_back_as_the_phantom_in_hu(cq500_tree, tmp_pat
 
 def test_cq500_problems_fail_clearly(cq500_tree, tmp_path):
     with pytest.raises(FileNotFoundError, match="reads.csv"):
-        convert_cq500.convert_cq500(tmp_path, tmp_path / "x.json")
+        cq500.convert_cq500(tmp_path, tmp_path / "x.json")
     (tmp_path / "reads.csv").write_text("patient,finding\nCQ500-CT-0,1\n")
     with pytest.raises(ValueError, match="is not CQ500's reads.csv"):
-        convert_cq500.convert_cq500(tmp_path, tmp_path / "x.json")
+        cq500.convert_cq500(tmp_path, tmp_path / "x.json")
