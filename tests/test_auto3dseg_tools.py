@@ -19,7 +19,7 @@ import pytest
 from ctfm.cli import convert_msd as convert_msd_tool
 from ctfm.cli import evaluate_tumour as evaluate_tool
 from ctfm.datasets.msd import DATALIST, LABEL_DIR, convert_msd
-from ctfm.cli.evaluate_tumour import evaluate_tumour, summarise
+from ctfm.evaluation.tumour import evaluate_tumour, summarise
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "auto3dseg_algo"))
 from tiny_example import MSD_LIVER_LABELS as LIVER_LABELS
