@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from ctfm.datasets.datalist import refuse_existing, write_datalist
-from ctfm.io import atomic_path
+from ctfm.io import atomic_path, strip_volume_suffix
 
 SPLITS = {"train": "training", "val": "validation", "test": "testing"}
 DATALIST = "datalist.json"
@@ -51,7 +51,7 @@ def case_label_map(case_dir: Path, name_to_id: dict[str, int]):
     ct = nib.load(case_dir / "ct.nii.gz")
     label = np.zeros(ct.shape, dtype=np.uint8)
     masks = sorted((case_dir / "segmentations").glob("*.nii.gz"))
-    unknown = [m.name for m in masks if m.name[: -len(".nii.gz")] not in name_to_id]
+    unknown = [m.name for m in masks if strip_volume_suffix(m.name) not in name_to_id]
     if unknown:
         raise ValueError(
             f"{case_dir / 'segmentations'}: {unknown[:5]} are not TotalSegmentator v2 'total' structures; "
@@ -64,7 +64,7 @@ def case_label_map(case_dir: Path, name_to_id: dict[str, int]):
                 f"{mask_path}: not on the grid of {case_dir / 'ct.nii.gz'} (shape {mask.shape} vs {ct.shape}); "
                 "the case is damaged, download it again."
             )
-        label[np.asarray(mask.dataobj) > 0] = name_to_id[mask_path.name[: -len(".nii.gz")]]
+        label[np.asarray(mask.dataobj) > 0] = name_to_id[strip_volume_suffix(mask_path.name)]
     out = nib.Nifti1Image(label, ct.affine)
     out.set_qform(ct.affine, code=1)
     out.set_sform(ct.affine, code=1)
