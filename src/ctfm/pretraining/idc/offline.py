@@ -21,10 +21,11 @@ from ctfm.pretraining.idc.criteria import (
     parse_version,
 )
 
-CT_INDEX_URL = "https://github.com/ImagingDataCommons/idc-index-data/releases/download/{version}/ct_index.parquet"
-VOLUME_GEOMETRY_INDEX_URL = (
-    "https://github.com/ImagingDataCommons/idc-index-data/releases/download/{version}/volume_geometry_index.parquet"
-)
+# The optional idc-index tables that approximate the criteria the series index lacks, by release of idc-index-data.
+OPTIONAL_INDEX_URLS = {
+    name: f"https://github.com/ImagingDataCommons/idc-index-data/releases/download/{{version}}/{name}.parquet"
+    for name in ("ct_index", "volume_geometry_index")
+}
 
 
 def index_paths() -> dict[str, Path]:
@@ -67,7 +68,8 @@ def connect():
 
 def require_columns(con, parquet: Path, needed: set[str], what: str) -> None:
     if not Path(parquet).is_file():
-        raise FileNotFoundError(f"{parquet}: {what} not found; download it first (see docs/idc_manifest.md)")
+        url = OPTIONAL_INDEX_URLS[what].format(version=index_version())
+        raise FileNotFoundError(f"{parquet}: {what} not found; download it first from {url} (see docs/idc_manifest.md)")
     try:
         have = {r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(parquet)]).fetchall()}
     except Exception as err:
