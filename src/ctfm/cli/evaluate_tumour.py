@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctfm.evaluation import tumour
+from ctfm.io import write_text_atomic
 
 DESCRIPTION = tumour.__doc__
 EXAMPLES = """  ctfm evaluate-tumour --datalist /data/Task06_Lung/datalist_tumour.json \\
@@ -32,7 +33,7 @@ def run(args) -> int:
         table = tumour.compare_runs(args.compare)
         print(table, end="")
         if args.table:
-            args.table.write_text(table)
+            write_text_atomic(args.table, table)
         return 0
     if not (args.datalist and args.predictions and args.output_dir):
         raise ValueError("give --datalist, --predictions and --output-dir to evaluate a run, or --compare A B.")
