@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -14,12 +13,7 @@ import pytest
 from ctfm.data.phantoms import make_head_phantom
 from ctfm.cli import convert_cq500, convert_sinoct
 from ctfm.datasets import cq500, sinoct
-
-
-def _cli(module, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
+from tool_runner import run_tool
 
 
 # --- SinoCT -------------------------------------------------------------------------------------
@@ -42,7 +36,7 @@ def sinoct_tree(tmp_path) -> tuple[Path, dict[str, int]]:
 
 def test_sinoct_datalist_has_a_seeded_stratified_811_split(sinoct_tree, tmp_path):
     root, labels = sinoct_tree
-    assert _cli(convert_sinoct, ["--sinoct-dir", str(root), "--output", str(tmp_path / "a.json")]) == 0
+    assert run_tool(convert_sinoct, ["--sinoct-dir", str(root), "--output", str(tmp_path / "a.json")]) == 0
     first = json.loads((tmp_path / "a.json").read_text())
     sizes = {k: len(first[k]) for k in ("training", "validation", "testing")}
     assert sizes == {"training": 32, "validation": 4, "testing": 4}
@@ -60,7 +54,7 @@ def test_sinoct_datalist_has_a_seeded_stratified_811_split(sinoct_tree, tmp_path
     # The bundle reads it as it is.
     from bundle_runner import use_bundle_scripts
 
-    use_bundle_scripts(Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_triage")
+    use_bundle_scripts(Path(__file__).resolve().parents[2] / "bundles" / "ct_fm_triage")
     from scripts.data import load_triage_datalist
 
     items = load_triage_datalist(tmp_path / "a.json", root, "validation")
@@ -151,7 +145,7 @@ def cq500_tree(tmp_path_factory) -> Path:
 
 
 def test_cq500_labels_follow_the_any_finding_rule_and_series_selection(cq500_tree, tmp_path):
-    assert _cli(convert_cq500, ["--cq500-dir", str(cq500_tree), "--output", str(tmp_path / "any.json")]) == 0
+    assert run_tool(convert_cq500, ["--cq500-dir", str(cq500_tree), "--output", str(tmp_path / "any.json")]) == 0
     datalist = json.loads((tmp_path / "any.json").read_text())
     by_id = {e["id"]: e for e in datalist["testing"]}
     assert {i: e["label"] for i, e in by_id.items()} == {"CQ500-CT-0": 0, "CQ500-CT-1": 1, "CQ500-CT-2": 1}
