@@ -62,8 +62,8 @@ def write_msd_like_task(root: str | Path, num: int = 4, seed: int = 0, spacing=(
 
 
 def run(output_dir: Path, ct_fm_weights: Path | None = None, epochs: int = 1, num: int = 4) -> dict:
-    from ctfm.cli.convert_msd import convert_msd
-    from ctfm.cli.evaluate_tumour import evaluate_tumour
+    from ctfm.datasets.msd import convert_msd
+    from ctfm.evaluation.tumour import evaluate_tumour
     from monai.apps.auto3dseg import AutoRunner
 
     if output_dir.exists() and any(output_dir.iterdir()):

@@ -104,7 +104,7 @@ def main() -> None:
     sys.path.insert(0, str(BUNDLE))
     from benchmarks.common import write_result
     from ctfm.data.sample_ct import fetch_sample_ct
-    from ctfm.pretraining_cache import preprocess_to_hu
+    from ctfm.pretraining.cache import preprocess_to_hu
     from scripts.data import ScanPatchPairs
 
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from ctfm.cli.convert_msd import convert_msd
+from ctfm.datasets.msd import convert_msd
 
 from ctfm.networks import build_encoder
 from ctfm.weights import WeightLoadError, read_state_dict, save_pretrained

@@ -291,6 +291,7 @@ def test_existing_different_files_are_never_silently_overwritten(tmp_path):
     P.write_body_phantoms(out, seed=2, overwrite=True, **kwargs)
     assert json.loads(datalist.read_text())["generator"]["seed"] == 2
     assert not list(out.rglob("*.partial"))
+    assert not list(out.rglob(".*"))  # no temporary file of an atomic write is left behind
 
 
 # --- Defective inputs -------------------------------------------------------------------------

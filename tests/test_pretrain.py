@@ -208,7 +208,7 @@ def scans(tmp_path_factory, sample_ct):
 
 @pytest.fixture(scope="module")
 def cache(scans):
-    from ctfm.cli.prepare_pretraining import QualityFilters, prepare_cache
+    from ctfm.pretraining.prepare import QualityFilters, prepare_cache
 
     out = scans["root"] / "cache"
     sources = scans["phantoms"] + [scans["abdomen"], str(scans["bad"]["truncated"]), str(scans["bad"]["mr_like"])]
@@ -217,8 +217,8 @@ def cache(scans):
 
 
 def test_preparation_caches_int16_hu_and_records_failures(cache, scans):
-    from ctfm.pretraining_cache import preprocess_to_hu
-    from ctfm.cli.prepare_pretraining import read_manifests
+    from ctfm.pretraining.cache import preprocess_to_hu
+    from ctfm.pretraining.prepare import read_manifests
 
     rows = {Path(r["source"]).name: r for r in read_manifests(cache["dir"])}
     assert rows["truncated.nii.gz"]["status"] == "failed" and "truncated" in rows["truncated.nii.gz"]["reason"]
@@ -233,7 +233,7 @@ def test_preparation_caches_int16_hu_and_records_failures(cache, scans):
 
 
 def test_preparation_resumes_and_shards(cache, tmp_path):
-    from ctfm.cli.prepare_pretraining import prepare_cache
+    from ctfm.pretraining.prepare import prepare_cache
 
     again = prepare_cache(cache["sources"], cache["dir"], workers=1)
     assert again["counts"] == {}  # everything was done: nothing is redone
@@ -249,7 +249,7 @@ def test_preparation_resumes_and_shards(cache, tmp_path):
 def test_quality_filters_on_dicom_headers(scans, tmp_path):
     import pydicom
 
-    from ctfm.cli.prepare_pretraining import QualityFilters, inspect_scan, quality_problems
+    from ctfm.pretraining.quality import QualityFilters, inspect_scan, quality_problems
 
     folder = tmp_path / "series"
     shutil.copytree(scans["dicom"], folder)
@@ -272,8 +272,8 @@ def test_quality_filters_on_dicom_headers(scans, tmp_path):
 def test_preparation_cli_reads_a_csv_list(tmp_path, scans):
     listing = tmp_path / "manifest.csv"
     listing.write_text("series_uid,local_path\n1," + scans["phantoms"][0] + "\n")
-    # The module's own entry point: the same add_arguments/run that `ctfm prepare-pretraining` uses.
-    cmd = [sys.executable, "-m", "ctfm.cli.prepare_pretraining", "--output-dir", str(tmp_path / "c"),
+    # The command as a user runs it (`python -m ctfm.cli` is the `ctfm` command).
+    cmd = [sys.executable, "-m", "ctfm.cli", "prepare-pretraining", "--output-dir", str(tmp_path / "c"),
            "--list", str(listing), "--workers", "1", "--min-slices", "10"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -378,7 +378,9 @@ def test_sigkill_then_same_command_resumes_at_the_saved_iteration_and_lr(cache, 
     # 2 epochs of 2 iterations; a checkpoint at iteration 3, i.e. mid-epoch 2, after one cosine lr step.
     overrides = {**TINY, "scans_per_batch": 1, "dataset_dir": str(cache["dir"]), "output_dir": str(out),
                  "epochs": 2, "epoch_length": 2, "checkpoint_interval": 3}
-    env = {**os.environ, "PYTHONPATH": str(BUNDLE), "OMP_NUM_THREADS": "2"}
+    # The bundle's scripts first, then whatever ctfm the caller uses (a source checkout on PYTHONPATH).
+    pythonpath = os.pathsep.join(filter(None, [str(BUNDLE), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "2"}
     first = subprocess.Popen(_bundle_command(["train.json"], overrides), cwd=BUNDLE, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600

@@ -1,21 +1,17 @@
-"""ct_fm_segmentation without running the network: label data, metrics, the TotalSegmentator converter,
-the comparison tool. Fast; the bundle runs are in test_segmentation_bundle.py."""
+"""ct_fm_segmentation without running the network: label data and metrics. Fast; the bundle runs are in
+test_segmentation_bundle.py, the TotalSegmentator converter in datasets/, the comparison tool in evaluation/."""
 
 from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from ctfm.registry import TOTALSEG_NUM_CLASSES, totalsegmentator_classes
-from ctfm.cli.compare_segmentation import compare_segmentation
-from ctfm.cli.convert_totalsegmentator import convert_totalsegmentator
+from ctfm.registry import TOTALSEG_NUM_CLASSES, label_groups, totalsegmentator_classes
 from bundle_runner import use_bundle_scripts, verify_metadata
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_segmentation"
@@ -25,7 +21,7 @@ from scripts.evaluation import StructureDice, read_per_case, write_report  # noq
 CHANNEL_DEF = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"][
     "channel_def"
 ]
-GROUPS = json.loads((BUNDLE / "configs" / "label_groups.json").read_text())["groups"]
+GROUPS = label_groups()
 
 
 def test_channel_def_is_the_totalsegmentator_class_map():
@@ -88,84 +84,3 @@ def test_report_macro_and_group_means_skip_structures_absent_from_both(tmp_path)
     cases, names, dice = read_per_case(tmp_path / "per_structure_dice.csv")
     assert cases == ["case0", "case1"] and names[0] == "spleen" and names[91] == "rib_left_1"
     assert dice[0, 0] == pytest.approx(0.8) and np.isnan(dice[1, 91])
-
-
-# --- TotalSegmentator converter on a look-alike tree built from the real sample CT ---------------
-def _totalseg_tree(root: Path, sample_ct, splits=("train", "val", "test")) -> np.ndarray:
-    """meta.csv + sXXXX/ct.nii.gz + sXXXX/segmentations/<117 structures>.nii.gz, from a crop of the real CT."""
-    ct, label = nib.load(sample_ct.abdomen_ct), nib.load(sample_ct.abdomen_label)
-    crop = (slice(30, 70), slice(30, 70), slice(40, 70))
-    image, truth = np.asarray(ct.dataobj)[crop].astype(np.int16), np.asarray(label.dataobj)[crop].astype(np.uint8)
-    affine = ct.slicer[crop].affine
-    root.mkdir()
-    lines = ["image_id;age;gender;institute;study_type;split"]
-    for n, split in enumerate(splits):
-        case = root / f"s{n:04d}"
-        (case / "segmentations").mkdir(parents=True)
-        nib.save(nib.Nifti1Image(image, affine), case / "ct.nii.gz")
-        for idx, name in totalsegmentator_classes().items():
-            nib.save(nib.Nifti1Image((truth == idx).astype(np.uint8), affine), case / "segmentations" / f"{name}.nii.gz")
-        lines.append(f"s{n:04d};60;m;A;ct abdomen;{split}")
-    (root / "meta.csv").write_text("\n".join(lines) + "\n")
-    return truth
-
-
-def test_convert_totalsegmentator_rebuilds_the_label_map_and_the_split(tmp_path, sample_ct):
-    truth = _totalseg_tree(tmp_path / "Totalsegmentator_dataset_v201", sample_ct)
-    assert len(np.unique(truth)) > 10  # the crop holds real structures
-    datalist = convert_totalsegmentator(tmp_path / "Totalsegmentator_dataset_v201", tmp_path / "prepared")
-    from monai.data import load_decathlon_datalist
-
-    for split, case in (("training", "s0000"), ("validation", "s0001"), ("testing", "s0002")):
-        items = load_decathlon_datalist(datalist, True, split, datalist.parent)
-        assert len(items) == 1 and case in items[0]["image"]
-        label = nib.load(items[0]["label"])
-        np.testing.assert_array_equal(np.asarray(label.dataobj), truth)
-        np.testing.assert_allclose(label.affine, nib.load(items[0]["image"]).affine)
-    with pytest.raises(FileExistsError, match="already converted"):
-        convert_totalsegmentator(tmp_path / "Totalsegmentator_dataset_v201", tmp_path / "prepared")
-
-
-def test_convert_totalsegmentator_names_a_foreign_structure_file(tmp_path, sample_ct):
-    source = tmp_path / "ts"
-    _totalseg_tree(source, sample_ct, splits=("train",))
-    (source / "s0000" / "segmentations" / "lung_left.nii.gz").write_bytes(
-        (source / "s0000" / "segmentations" / "spleen.nii.gz").read_bytes()
-    )
-    with pytest.raises(ValueError, match="lung_left.nii.gz.*not TotalSegmentator v2"):
-        convert_totalsegmentator(source, tmp_path / "out")
-
-
-# --- Comparison tool -------------------------------------------------------------------------------
-def _per_structure_csv(path: Path, dice: np.ndarray) -> Path:
-    names = [totalsegmentator_classes()[i] for i in range(1, TOTALSEG_NUM_CLASSES + 1)]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["case", *names])
-        w.writerows([[f"case{i}", *row] for i, row in enumerate(dice)])
-    return path
-
-
-def test_compare_segmentation_win_rate_and_group_means(tmp_path):
-    base = np.full((3, TOTALSEG_NUM_CLASSES), 0.5)
-    better = base.copy()
-    better[:, :24] = 0.9  # organs (ids 1-24) better, the rest tied ...
-    better[:, 91:117] = 0.4  # ... and ribs (ids 92-117) worse
-    better[:, 50], base[:, 50] = np.nan, np.nan  # heart absent everywhere: not compared
-    summary = compare_segmentation(_per_structure_csv(tmp_path / "a.csv", better), _per_structure_csv(tmp_path / "b.csv", base),
-                                   tmp_path / "cmp")
-    assert summary["structures_compared"] == TOTALSEG_NUM_CLASSES - 1
-    assert summary["wins"] == 24 and summary["losses"] == 26
-    assert summary["win_rate_percent"] == pytest.approx(100 * 24 / 116)
-    assert summary["groups"]["organs"]["CT-FM"] == pytest.approx(0.9)
-    assert summary["groups"]["ribs"]["random init"] == pytest.approx(0.5)
-    assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 10_000
-    rows = list(csv.DictReader(open(tmp_path / "cmp" / "groups.csv")))
-    assert [r["group"] for r in rows] == list(GROUPS)
-
-
-def test_compare_segmentation_refuses_a_file_that_is_not_an_evaluation(tmp_path):
-    bad = tmp_path / "dice_raw.csv"
-    bad.write_text("filename,class0\nx,1\n")
-    with pytest.raises(ValueError, match="dice_raw.csv: not a per_structure_dice.csv"):
-        compare_segmentation(bad, bad, tmp_path / "out")

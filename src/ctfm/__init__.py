@@ -8,7 +8,11 @@
 - :mod:`ctfm.viz`          figures a person can read
 - :mod:`ctfm.data`         real sample CT from the package registries, and CT-like phantoms
 - :mod:`ctfm.analysis`     what the paper does with embeddings: retrieval, search, OCD, PCA, saliency, ...
-- :mod:`ctfm.pretraining_cache` the preprocessed HU cache that pretraining reads
+- :mod:`ctfm.datasets`     public CT datasets in their published layouts -> datalists
+- :mod:`ctfm.pretraining`  the IDC series list, the preprocessed HU cache, checkpoint selection
+- :mod:`ctfm.evaluation`   tumour metrics, segmentation comparison
+- :mod:`ctfm.training`     what every training run shares (its checkpoints, newest first)
+- :mod:`ctfm.metrics`      bootstrap confidence intervals, macro mean
 """
 
 import logging as _logging

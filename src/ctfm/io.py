@@ -25,22 +25,22 @@ def is_volume_file(path: str | os.PathLike) -> bool:
     return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
-def strip_volume_suffix(name: str) -> str:
+def strip_volume_suffix(name: str, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> str:
     """``case1.nii.gz`` -> ``case1``; a name without a volume suffix (a DICOM folder) is returned as is."""
-    for suffix in VOLUME_SUFFIXES:
+    for suffix in suffixes:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
-def scan_id(path: str | os.PathLike, unique: bool = False) -> str:
-    """A file-system-safe id of a scan: its name without the volume suffix.
+def scan_id(path: str | os.PathLike, unique: bool = False, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> str:
+    """A file-system-safe id of a scan: its name without the volume suffix (one of ``suffixes``).
 
     ``unique=True`` appends a hash of the absolute path, for collections where two folders may hold
     scans of the same name (the pretraining cache of 148,000 series).
     """
     path = Path(path)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", strip_volume_suffix(path.name)) or "scan"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", strip_volume_suffix(path.name, suffixes)) or "scan"
     if not unique:
         return stem
     return f"{stem[-60:]}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"

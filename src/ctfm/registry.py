@@ -50,3 +50,14 @@ def totalsegmentator_classes() -> dict[int, str]:
 def totalsegmentator_ids() -> dict[str, int]:
     """Name -> class id, the inverse of :func:`totalsegmentator_classes`."""
     return {name: idx for idx, name in totalsegmentator_classes().items()}
+
+
+@lru_cache(maxsize=None)
+def label_groups() -> dict[str, list[str]]:
+    """The paper's label groups (Figure 2f): group -> TotalSegmentator v2 structure names.
+
+    TotalSegmentator's own five parts (organs, vertebrae, cardiac, muscles, ribs); every one of the
+    117 structures is in exactly one group. The source of each group is in the resource's description.
+    """
+    groups = json.loads(resource("label_groups.json").read_text())["groups"]
+    return {name: list(members) for name, members in groups.items()}

@@ -20,7 +20,7 @@ from monai.transforms import Compose, Randomizable, Resize
 
 from ctfm.registry import AIR_HU, HU_MAX, HU_MIN
 from ctfm.io import root_cause
-from ctfm.pretraining_cache import read_scan_hu
+from ctfm.pretraining.cache import read_scan_hu
 
 logger = logging.getLogger("ct_fm_pretrain")
 

@@ -13,10 +13,10 @@ from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from ctfm.training import checkpoints_newest_first
 from ctfm.weights import save_pretrained
 
 logger = logging.getLogger("ct_fm_pretrain")
-CHECKPOINT_NAME = re.compile(r"checkpoint_(?:final_)?iteration=(\d+)\.pt$")
 
 ENCODER_CARD = """# CT-FM encoder pretrained by bundles/ct_fm_pretrain
 
@@ -30,12 +30,6 @@ def _is_main_process() -> bool:
     return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
         torch.distributed.get_rank() == 0
     )
-
-
-def find_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
-    """Checkpoints in ``ckpt_dir``, newest (highest iteration) first."""
-    found = [(int(m.group(1)), p) for p in Path(ckpt_dir).glob("*.pt") if (m := CHECKPOINT_NAME.search(p.name))]
-    return [p for _, p in sorted(found, reverse=True)]
 
 
 class TrainingCheckpoints:
@@ -90,7 +84,7 @@ class TrainingCheckpoints:
             if not path.is_file():
                 raise FileNotFoundError(f"resume={path}: no such checkpoint file. Pass a checkpoint_*.pt or true/false.")
             return [path]
-        existing = find_checkpoints(self.ckpt_dir)
+        existing = checkpoints_newest_first(self.ckpt_dir)
         if existing and str(self.resume).lower() == "false":
             raise FileExistsError(
                 f"{self.ckpt_dir} holds checkpoints of an earlier run (newest: {existing[0].name}). Nothing is "

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.metrics import compute_confusion_matrix_metric, compute_roc_auc, get_confusion_matrix
 
+from ctfm.io import csv_text, write_text_atomic
 from ctfm.metrics import bootstrap_paired_ci
 from scripts.data import LABEL_NAMES
 
@@ -87,23 +87,6 @@ def read_threshold(ckpt_file: str | os.PathLike) -> float:
 
 
 # --- Writing ----------------------------------------------------------------------------------
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _csv_text(header: list[str], rows: list[list]) -> str:
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def save_roc_curve(labels, probs, threshold: float, path: Path, title: str) -> Path:
     """ROC curve PNG with the operating point at ``threshold``."""
     import matplotlib
@@ -178,7 +161,7 @@ class ThresholdSaver(PredictionCollector):
             "validation_auroc": roc_auc(self.labels, self.probs),
             "validation_cases": len(self.labels),
         }
-        _write_atomic(self.path, json.dumps(record, indent=2) + "\n")
+        write_text_atomic(self.path, json.dumps(record, indent=2) + "\n")
         logger.info("validation threshold %.4f (max F1) saved to %s", record["threshold"], self.path)
 
 
@@ -197,8 +180,8 @@ class TriageReport(PredictionCollector):
         rows = [
             [i, y, p, int(p >= self.threshold)] for i, y, p in zip(self.ids, self.labels, self.probs)
         ]
-        _write_atomic(self.output_dir / "predictions.csv", _csv_text(["id", "label", "probability", "predicted"], rows))
-        _write_atomic(self.output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(self.output_dir / "predictions.csv", csv_text(["id", "label", "probability", "predicted"], rows))
+        write_text_atomic(self.output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         if len(set(self.labels)) == 2:
             save_roc_curve(self.labels, self.probs, self.threshold, self.output_dir / "roc_curve.png",
                            title=f"{len(self.labels)} scans")
@@ -221,7 +204,7 @@ class PredictionWriter(PredictionCollector):
             for i, p in zip(self.ids, self.probs)
         ]
         rows = [[r["id"], r["probability"], r["label"]] for r in records]
-        _write_atomic(self.output_dir / "predictions.csv", _csv_text(["id", "probability", "label"], rows))
-        _write_atomic(self.output_dir / "predictions.json", json.dumps(records, indent=2) + "\n")
+        write_text_atomic(self.output_dir / "predictions.csv", csv_text(["id", "probability", "label"], rows))
+        write_text_atomic(self.output_dir / "predictions.json", json.dumps(records, indent=2) + "\n")
         for r in records:
             logger.info("%s: %s (probability %.3f, threshold %.3f)", r["id"], r["label"], r["probability"], self.threshold)

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-RESUME_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt")
-
-
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest per-epoch training checkpoint in ``output_dir``, if any."""
-    found = [(int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint_epoch=*.pt")
-             if (m := RESUME_PATTERN.fullmatch(p.name))]
-    return max(found)[1] if found else None
+from ctfm.training import latest_checkpoint
 
 
 def check_training_dir(output_dir: str | os.PathLike, resume: bool = False) -> Path | None:

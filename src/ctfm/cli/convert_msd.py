@@ -1,170 +1,16 @@
-"""Turn a Medical Segmentation Decathlon CT tumour task into a tumour-only datalist with a seeded split.
-
-Reads the published layout, TaskXX_Name/dataset.json + imagesTr/ + labelsTr/, of the four tasks of the
-paper's tumour experiments: Task03_Liver (label 2 "cancer"), Task06_Lung (1 "cancer"), Task07_Pancreas
-(2 "cancer") and Task08_HepaticVessel (2 "tumour"). It writes, under --output-dir (default: the task
-folder itself):
-
-  labelsTumourTr/<case>.nii.gz   binary label maps: 1 where the task's tumour label is, 0 elsewhere
-                                 (same grid and header as the original label map)
-  datalist_tumour.json           "training" (with a "fold" per case, for Auto3DSeg) and "testing" lists,
-                                 paths relative to --output-dir, and the split's seed and provenance
-
-The MSD test images have no public labels, so the split is made from imagesTr: a seeded --test-fraction
-of the cases is held out as "testing", the rest is dealt into --num-folds folds. The paper says only that
-it used "custom splits for each task" and does not publish them, so the split here cannot be theirs.
-
-With another --output-dir, images are linked (symlinks) into <output-dir>/imagesTr/ so that every path
-stays inside the dataroot. Cases already converted are kept, so a killed run resumes; an existing
-datalist is never replaced unless --overwrite is given.
-"""
+"""`ctfm convert-msd`: the command line of :mod:`ctfm.datasets.msd`."""
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
+from ctfm.datasets import msd
 
-from ctfm import __version__
-from ctfm.validation import check_files_exist
-
-DESCRIPTION = __doc__
+DESCRIPTION = msd.__doc__
 EXAMPLES = """  ctfm convert-msd --task-dir /data/Task06_Lung
   ctfm convert-msd --task-dir /data/Task03_Liver --output-dir /data/msd_liver_tumour --seed 1 --num-folds 5
 """
-DATALIST = "datalist_tumour.json"
-LABEL_DIR = "labelsTumourTr"
-
-
-@dataclass(frozen=True)
-class MSDTask:
-    tumour_label: int  # value of the tumour in the task's labelsTr
-    tumour_name: str  # its name in the task's dataset.json "labels"
-
-
-# The four CT tumour tasks of the paper, as published in each task's dataset.json.
-TASKS: dict[str, MSDTask] = {
-    "Task03_Liver": MSDTask(2, "cancer"),
-    "Task06_Lung": MSDTask(1, "cancer"),
-    "Task07_Pancreas": MSDTask(2, "cancer"),
-    "Task08_HepaticVessel": MSDTask(2, "tumour"),
-}
-
-
-def find_task(task_dir: Path) -> tuple[str, MSDTask]:
-    """The task of a folder, by its MSD name (``Task06_Lung``, also ``Task06_Lung_copy``...)."""
-    for name, task in TASKS.items():
-        if task_dir.name.lower().startswith(name.lower()):
-            return name, task
-    raise ValueError(
-        f"{task_dir}: the folder name does not start with a supported MSD task ({', '.join(TASKS)}). "
-        "Point --task-dir at the unpacked TaskXX_Name folder, or rename it to its MSD name."
-    )
-
-
-def read_dataset_json(task_dir: Path, task_name: str, task: MSDTask) -> list[dict]:
-    """The training cases of ``dataset.json``, after checking that the tumour label is where it should be."""
-    path = task_dir / "dataset.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: an MSD task folder holds dataset.json, imagesTr/ and labelsTr/.")
-    meta = json.loads(path.read_text())
-    labels = {int(k): str(v) for k, v in meta.get("labels", {}).items()}
-    found = labels.get(task.tumour_label, "<none>")
-    if found.lower() != task.tumour_name:
-        raise ValueError(
-            f"{path}: label {task.tumour_label} is {found!r}, but {task_name} publishes it as {task.tumour_name!r} "
-            f"(labels here: {labels}). This is not the published {task_name}; check the folder."
-        )
-    # Paths from dataset.json, not a glob: the MSD archives also hold macOS "._" files in imagesTr/.
-    cases = [{"image": str(task_dir / c["image"]), "label": str(task_dir / c["label"])} for c in meta["training"]]
-    check_files_exist(cases, where=str(path))
-    return cases
-
-
-def seeded_split(names: list[str], seed: int, num_folds: int, test_fraction: float) -> tuple[list[str], dict]:
-    """``(testing names, {training name: fold})``: a seeded permutation of the sorted names."""
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"test_fraction must be within [0, 1), got {test_fraction}")
-    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-    n_test = round(test_fraction * len(names))
-    train = order[n_test:]
-    if len(train) < num_folds:
-        raise ValueError(f"{len(train)} training cases cannot make {num_folds} folds; lower --num-folds.")
-    return sorted(order[:n_test]), {name: i % num_folds for i, name in enumerate(train)}
-
-
-def write_tumour_label(source: Path, target: Path, tumour_label: int) -> int:
-    """Write the binary tumour map of ``source`` to ``target`` (atomically); returns the tumour voxel count."""
-    img = nib.load(str(source))
-    tumour = (np.asanyarray(img.dataobj) == tumour_label).astype(np.uint8)
-    header = img.header.copy()
-    header.set_data_dtype(np.uint8)
-    header.set_slope_inter(1, 0)
-    out = nib.Nifti1Image(tumour, img.affine, header)
-    tmp = target.with_name(f".{target.name}.tmp.nii.gz")
-    nib.save(out, str(tmp))
-    os.replace(tmp, target)
-    return int(tumour.sum())
-
-
-def convert_msd(
-    task_dir: str | os.PathLike,
-    output_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    num_folds: int = 5,
-    test_fraction: float = 0.2,
-    overwrite: bool = False,
-) -> Path:
-    """Write the tumour-only labels and ``datalist_tumour.json`` of an MSD task; returns the datalist path."""
-    task_dir = Path(task_dir).expanduser().resolve()
-    output_dir = Path(output_dir).expanduser().resolve() if output_dir else task_dir
-    if not task_dir.is_dir():
-        raise FileNotFoundError(f"{task_dir}: no such folder. Give the unpacked MSD task, e.g. /data/Task06_Lung.")
-    task_name, task = find_task(task_dir)
-    datalist_path = output_dir / DATALIST
-    if datalist_path.exists() and not overwrite:
-        raise FileExistsError(f"{datalist_path} already exists; pass --overwrite to write it again.")
-    cases = read_dataset_json(task_dir, task_name, task)
-    case_name = {c["image"]: Path(c["image"]).name for c in cases}
-    testing, folds = seeded_split(sorted(case_name.values()), seed, num_folds, test_fraction)
-
-    (output_dir / LABEL_DIR).mkdir(parents=True, exist_ok=True)
-    link_images = output_dir != task_dir
-    if link_images:
-        (output_dir / "imagesTr").mkdir(exist_ok=True)
-    entries = {}
-    for k, case in enumerate(cases, 1):
-        name = case_name[case["image"]]
-        label = output_dir / LABEL_DIR / name
-        if label.exists():  # written atomically by an earlier run
-            status = "kept"
-        else:
-            status = f"{write_tumour_label(Path(case['label']), label, task.tumour_label)} tumour voxels"
-        image = f"imagesTr/{name}"
-        if link_images and not (output_dir / image).exists():
-            os.symlink(case["image"], output_dir / image)
-        entries[name] = {"image": image, "label": f"{LABEL_DIR}/{name}"}
-        print(f"[{k}/{len(cases)}] {name}: {status}", flush=True)
-
-    datalist = {
-        "name": f"{task_name} tumour",
-        "description": f"MSD {task_name}: label {task.tumour_label} ({task.tumour_name}) -> 1, everything else -> 0",
-        "labels": {"0": "background", "1": task.tumour_name},
-        "training": [{**entries[n], "fold": f} for n, f in sorted(folds.items())],
-        "testing": [entries[n] for n in testing],
-        "split": {"seed": seed, "num_folds": num_folds, "test_fraction": test_fraction,
-                  "note": "seeded custom split; the paper's own splits are not published"},
-        "provenance": {"source": str(task_dir), "dataset": "Medical Segmentation Decathlon (CC-BY-SA 4.0)",
-                       "converter": f"ctfm convert-msd (ctfm {__version__})"},
-    }
-    tmp = datalist_path.with_name(f".{DATALIST}.tmp")
-    tmp.write_text(json.dumps(datalist, indent=2))
-    os.replace(tmp, datalist_path)
-    return datalist_path
 
 
 def add_arguments(parser) -> None:
@@ -179,8 +25,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    path = convert_msd(task_dir=args.task_dir, output_dir=args.output_dir, seed=args.seed, num_folds=args.num_folds,
-                       test_fraction=args.test_fraction, overwrite=args.overwrite)
+    path = msd.convert_msd(task_dir=args.task_dir, output_dir=args.output_dir, seed=args.seed,
+                           num_folds=args.num_folds, test_fraction=args.test_fraction, overwrite=args.overwrite)
     datalist = json.loads(path.read_text())
     print(f"{len(datalist['training'])} training ({args.num_folds} folds), {len(datalist['testing'])} testing -> {path}")
     print(f"AutoRunner input: dataroot={path.parent}, datalist={path}")

@@ -164,7 +164,7 @@ def overlay_step(run_dir: Path, sample, body_list: Path) -> dict[str, str]:
 def pretrain_step(run_dir: Path, sample, body_list: Path) -> dict[str, str]:
     """Cache the real CT and the phantoms, pretrain six iterations, export the encoder in the released layout."""
     from ctfm.cli.bundle_run import BUNDLES, run_bundle
-    from ctfm.cli.prepare_pretraining import QualityFilters, prepare_cache
+    from ctfm.pretraining.prepare import QualityFilters, prepare_cache
 
     out = run_dir / "pretrain"
     images = [str(body_list.parent / d["image"]) for d in json.loads(body_list.read_text())["training"]]

@@ -1,7 +1,7 @@
 """The pretraining cache: one CT-FM-preprocessed scan per memory-mappable int16 ``.npy``, in HU.
 
-Written by ``ctfm prepare-pretraining`` (:func:`preprocess_to_hu`), read by the pretraining bundle
-(:func:`read_scan_hu`): the one definition of the cache format, shared by both.
+Written by ``ctfm prepare-pretraining`` (:func:`preprocess_to_hu`, :func:`write_scan_hu` at :func:`cache_file`),
+read by the pretraining bundle (:func:`read_scan_hu`): the one definition of the cache format, shared by both.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from ctfm.io import atomic_path
+
+SCANS_DIR = "scans"
 
 
 def preprocess_to_hu(path: str | os.PathLike) -> np.ndarray:
@@ -25,6 +29,18 @@ def preprocess_to_hu(path: str | os.PathLike) -> np.ndarray:
     scaled = ct_fm_transforms(spacing=(3.0, 1.0, 1.0))({"image": str(path)})["image"]
     hu = np.asarray(scaled[0].detach().cpu().numpy(), dtype=np.float32) * (HU_MAX - HU_MIN) + HU_MIN
     return np.round(hu).astype(np.int16)
+
+
+def cache_file(output_dir: str | os.PathLike, scan_id: str) -> Path:
+    """``scans/<2 hash characters>/<id>.npy``: 256 sub-folders keep 148,000 files browsable."""
+    return Path(output_dir) / SCANS_DIR / scan_id[-2:] / f"{scan_id}.npy"
+
+
+def write_scan_hu(volume: np.ndarray, path: str | os.PathLike) -> Path:
+    """Save one cached scan; atomic, so a killed run never leaves half a file under the final name."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, volume)
+    return Path(path)
 
 
 def read_scan_hu(path: str | os.PathLike) -> np.ndarray:

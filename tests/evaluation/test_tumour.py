@@ -1,84 +1,20 @@
-"""The MSD tumour tools of the Auto3DSeg experiments: ``ctfm convert-msd`` and ``ctfm evaluate-tumour``.
-
-The converter runs on a tiny look-alike of Task03_Liver (auto3dseg_algo/tiny_example.py); the
-evaluation on hand-made cases whose Dice and surface distances are worked out by hand.
-"""
+"""``ctfm evaluate-tumour`` (ctfm.evaluation.tumour) on hand-made cases whose Dice and surface distances are
+worked out by hand."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from ctfm.cli import convert_msd as convert_msd_tool
+
 from ctfm.cli import evaluate_tumour as evaluate_tool
-from ctfm.cli.convert_msd import DATALIST, LABEL_DIR, convert_msd
-from ctfm.cli.evaluate_tumour import evaluate_tumour, summarise
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "auto3dseg_algo"))
-from tiny_example import MSD_LIVER_LABELS as LIVER_LABELS
-from tiny_example import write_msd_like_task
-
-
-@pytest.fixture(scope="module")
-def liver_task(tmp_path_factory) -> Path:
-    return write_msd_like_task(tmp_path_factory.mktemp("msd"), num=6, spacing=(2.0, 2.0, 2.0))
-
-
-# --- convert-msd -------------------------------------------------------------------------------
-
-
-def test_convert_writes_binary_tumour_labels_on_the_same_grid(liver_task):
-    datalist = json.loads(convert_msd(liver_task, seed=0, num_folds=2, test_fraction=0.34).read_text())
-    assert datalist["labels"] == {"0": "background", "1": "cancer"}
-    cases = datalist["training"] + datalist["testing"]
-    assert len(cases) == 6 and len(datalist["testing"]) == 2
-    for case in cases:
-        original = nib.load(liver_task / "labelsTr" / Path(case["label"]).name)
-        tumour = nib.load(liver_task / case["label"])
-        assert case["label"].startswith(LABEL_DIR) and (liver_task / case["image"]).is_file()
-        np.testing.assert_array_equal(np.asarray(tumour.dataobj), np.asarray(original.dataobj) == 2)
-        np.testing.assert_allclose(tumour.affine, original.affine)
-        assert tumour.get_data_dtype() == np.uint8
-    assert sorted({c["fold"] for c in datalist["training"]}) == [0, 1]
-
-
-def test_split_is_seeded_and_datalist_never_overwritten(liver_task, tmp_path):
-    first = json.loads((liver_task / DATALIST).read_text())
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        convert_msd(liver_task, seed=0)
-    again = json.loads(convert_msd(liver_task, tmp_path / "out", seed=0, num_folds=2, test_fraction=0.34).read_text())
-    other = json.loads(convert_msd(liver_task, tmp_path / "out2", seed=7, num_folds=2, test_fraction=0.34).read_text())
-    assert [c["image"] for c in again["testing"]] == [c["image"] for c in first["testing"]]
-    assert [c["image"] for c in other["testing"]] != [c["image"] for c in first["testing"]]
-    # Another output folder links the images in, so every path stays inside the dataroot.
-    assert all((tmp_path / "out" / c["image"]).is_symlink() for c in again["training"])
-
-
-def test_convert_refuses_a_task_whose_labels_differ(tmp_path):
-    wrong = tmp_path / "Task08_HepaticVessel"  # publishes 2 as "tumour"; these are the liver task's labels
-    wrong.mkdir()
-    (wrong / "dataset.json").write_text(json.dumps({"labels": LIVER_LABELS, "training": []}))
-    with pytest.raises(ValueError, match="label 2 is 'cancer', but Task08_HepaticVessel publishes it as 'tumour'"):
-        convert_msd(wrong)
-    with pytest.raises(ValueError, match="does not start with a supported MSD task"):
-        convert_msd(tmp_path)
-
-
-def test_convert_msd_cli_resumes_and_reports(liver_task, tmp_path, capsys):
-    out = tmp_path / "cli"
-    assert _cli(convert_msd_tool, ["--task-dir", str(liver_task), "--output-dir", str(out), "--num-folds", "2"]) == 0
-    first = capsys.readouterr().out
-    assert first.count("tumour voxels") == 6 and f"dataroot={out}" in first
-    (out / DATALIST).unlink()  # as if killed before the datalist: the labels already written are kept
-    assert _cli(convert_msd_tool, ["--task-dir", str(liver_task), "--output-dir", str(out), "--num-folds", "2"]) == 0
-    assert capsys.readouterr().out.count(": kept") == 6
+from ctfm.evaluation.tumour import evaluate_tumour, summarise
+from tool_runner import run_tool
 
 
 # --- evaluate-tumour ---------------------------------------------------------------------------
@@ -166,17 +102,10 @@ def test_side_by_side_table_of_two_runs(hand_made, tmp_path, capsys):
     table_file = tmp_path / "table.md"
     capsys.readouterr()
     argv = ["--compare", str(tmp_path / "a"), str(tmp_path / "b" / "summary.json"), "--table", str(table_file)]
-    assert _cli(evaluate_tool, argv) == 0
+    assert run_tool(evaluate_tool, argv) == 0
     header, _, row = capsys.readouterr().out.strip().splitlines()
     assert "Dice CT-FM + Auto3DSeg" in header and "ASD mm Auto3DSeg" in header
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:2] == ["hand-made", "6"] and cells[-1] == "1 / 0"
     assert cells[2].startswith("0.444 (") and cells[3].startswith("0.611 (")  # B: liver_4 Dice 1
     assert table_file.read_text().splitlines()[2] == row
-
-
-def _cli(module, argv: list[str]) -> int:
-    """Parse ``argv`` with the tool's own parser and run it, as ``ctfm <tool>`` does."""
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))

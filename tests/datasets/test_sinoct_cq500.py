@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -13,12 +12,8 @@ import pytest
 
 from ctfm.data.phantoms import make_head_phantom
 from ctfm.cli import convert_cq500, convert_sinoct
-
-
-def _cli(module, argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return module.run(parser.parse_args(argv))
+from ctfm.datasets import cq500, sinoct
+from tool_runner import run_tool
 
 
 # --- SinoCT -------------------------------------------------------------------------------------
@@ -41,7 +36,7 @@ def sinoct_tree(tmp_path) -> tuple[Path, dict[str, int]]:
 
 def test_sinoct_datalist_has_a_seeded_stratified_811_split(sinoct_tree, tmp_path):
     root, labels = sinoct_tree
-    assert _cli(convert_sinoct, ["--sinoct-dir", str(root), "--output", str(tmp_path / "a.json")]) == 0
+    assert run_tool(convert_sinoct, ["--sinoct-dir", str(root), "--output", str(tmp_path / "a.json")]) == 0
     first = json.loads((tmp_path / "a.json").read_text())
     sizes = {k: len(first[k]) for k in ("training", "validation", "testing")}
     assert sizes == {"training": 32, "validation": 4, "testing": 4}
@@ -52,14 +47,14 @@ def test_sinoct_datalist_has_a_seeded_stratified_811_split(sinoct_tree, tmp_path
     assert all(e["label"] == labels[e["id"]] for e in entries)
     assert all((root / e["image"]).is_file() for e in entries)
     # The same seed gives the same split; another seed another one.
-    convert_sinoct.convert_sinoct(root, tmp_path / "b.json", seed=0)
-    convert_sinoct.convert_sinoct(root, tmp_path / "c.json", seed=1)
+    sinoct.convert_sinoct(root, tmp_path / "b.json", seed=0)
+    sinoct.convert_sinoct(root, tmp_path / "c.json", seed=1)
     assert json.loads((tmp_path / "b.json").read_text())["testing"] == first["testing"]
     assert json.loads((tmp_path / "c.json").read_text())["testing"] != first["testing"]
     # The bundle reads it as it is.
     from bundle_runner import use_bundle_scripts
 
-    use_bundle_scripts(Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_triage")
+    use_bundle_scripts(Path(__file__).resolve().parents[2] / "bundles" / "ct_fm_triage")
     from scripts.data import load_triage_datalist
 
     items = load_triage_datalist(tmp_path / "a.json", root, "validation")
@@ -71,14 +66,14 @@ def test_sinoct_problems_fail_clearly(sinoct_tree, tmp_path):
     out = tmp_path / "d.json"
     out.write_text("{}")
     with pytest.raises(FileExistsError, match="already exists"):
-        convert_sinoct.convert_sinoct(root, out)
+        sinoct.convert_sinoct(root, out)
     (root / "series_3" / "nrrd" / "scan.nii.gz").unlink()
     with pytest.raises(ValueError, match="series_3 holds no NIfTI/NRRD file or DICOM series"):
-        convert_sinoct.convert_sinoct(root, tmp_path / "e.json")
+        sinoct.convert_sinoct(root, tmp_path / "e.json")
     with open(root / "labels.csv", "a") as f:
         f.write("series_99,maybe\n")
     with pytest.raises(ValueError, match="series_99: label 'maybe'"):
-        convert_sinoct.convert_sinoct(root, tmp_path / "f.json")
+        sinoct.convert_sinoct(root, tmp_path / "f.json")
 
 
 # --- CQ500 --------------------------------------------------------------------------------------
@@ -150,7 +145,7 @@ def cq500_tree(tmp_path_factory) -> Path:
 
 
 def test_cq500_labels_follow_the_any_finding_rule_and_series_selection(cq500_tree, tmp_path):
-    assert _cli(convert_cq500, ["--cq500-dir", str(cq500_tree), "--output", str(tmp_path / "any.json")]) == 0
+    assert run_tool(convert_cq500, ["--cq500-dir", str(cq500_tree), "--output", str(tmp_path / "any.json")]) == 0
     datalist = json.loads((tmp_path / "any.json").read_text())
     by_id = {e["id"]: e for e in datalist["testing"]}
     assert {i: e["label"] for i, e in by_id.items()} == {"CQ500-CT-0": 0, "CQ500-CT-1": 1, "CQ500-CT-2": 1}
@@ -159,7 +154,7 @@ def test_cq500_labels_follow_the_any_finding_rule_and_series_selection(cq500_tre
     assert {e["series"] for e in by_id.values()} == {"CT Plain"}
     assert all(e["image"].endswith("Unknown Study/CT Plain") and e["n_slices"] > 3 for e in by_id.values())
     assert datalist["skipped"] == [{"id": "CQ500-CT-7", "reason": f"no study folder CQ500CT7 in {cq500_tree}"}]
-    convert_cq500.convert_cq500(cq500_tree, tmp_path / "majority.json", rule="majority")
+    cq500.convert_cq500(cq500_tree, tmp_path / "majority.json", rule="majority")
     majority = {e["id"]: e["label"] for e in json.loads((tmp_path / "majority.json").read_text())["testing"]}
     assert majority == {"CQ500-CT-0": 0, "CQ500-CT-1": 1, "CQ500-CT-2": 0}
 
@@ -169,7 +164,7 @@ def test_cq500_chosen_series_reads_back_as_the_phantom_in_hu(cq500_tree, tmp_pat
 
     from ctfm.validation import load_volume
 
-    convert_cq500.convert_cq500(cq500_tree, tmp_path / "cq500.json")
+    cq500.convert_cq500(cq500_tree, tmp_path / "cq500.json")
     entry = json.loads((tmp_path / "cq500.json").read_text())["testing"][1]
     volume = Orientation(axcodes="SPL")(load_volume(cq500_tree / entry["image"]))
     expected = make_head_phantom(seed=1, bleed=True, scale=0.5, spacing=(5.0, 2.0, 2.0)).image
@@ -178,7 +173,7 @@ def test_cq500_chosen_series_reads_back_as_the_phantom_in_hu(cq500_tree, tmp_pat
 
 def test_cq500_problems_fail_clearly(cq500_tree, tmp_path):
     with pytest.raises(FileNotFoundError, match="reads.csv"):
-        convert_cq500.convert_cq500(tmp_path, tmp_path / "x.json")
+        cq500.convert_cq500(tmp_path, tmp_path / "x.json")
     (tmp_path / "reads.csv").write_text("patient,finding\nCQ500-CT-0,1\n")
     with pytest.raises(ValueError, match="is not CQ500's reads.csv"):
-        convert_cq500.convert_cq500(tmp_path, tmp_path / "x.json")
+        cq500.convert_cq500(tmp_path, tmp_path / "x.json")

@@ -1,0 +1,177 @@
+"""Choose a pretraining checkpoint the paper's way: few-shot segmentation with a frozen encoder.
+
+For every exported encoder (the ``encoders/iteration_*`` folders a ``ct_fm_pretrain`` run writes,
+or any CT-FM weights), the encoder is frozen inside a MONAI ``SegResNetDS``, its light decoder is
+trained on a small labelled set for the same fixed budget (same seed, same crops), and the Dice on
+held-out cases is measured with sliding-window inference. The result is a table
+(``checkpoint_dice.csv``) and a plot (``checkpoint_dice.png``) of Dice against training iteration.
+Encoders already in the table are skipped, so a killed run continues.
+
+Labels are class ids (TotalSegmentator v2 by default: 117 classes + background); the preprocessing
+is the canonical CT-FM one (SPL, 3 x 1 x 1 mm, foreground crop, HU scaling).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+TABLE, PLOT = "checkpoint_dice.csv", "checkpoint_dice.png"
+COLUMNS = ("encoder", "iteration", "mean_dice", "cases")
+
+
+def find_encoders(paths) -> list[Path]:
+    """Released-format folders: each path itself, or every sub-folder of it holding a ``config.json``."""
+    found = []
+    for path in map(Path, paths):
+        if (path / "config.json").is_file() or path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(p for p in path.iterdir() if (p / "config.json").is_file())
+    if not found:
+        raise FileNotFoundError(f"no CT-FM encoders (folders with config.json + model.safetensors) in {list(map(str, paths))}")
+    return found
+
+
+def _iteration(path: Path) -> int | None:
+    match = re.search(r"iteration[_=]?(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def select_checkpoints(
+    encoders,
+    datalist: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike | None = None,
+    iterations: int = 500,
+    patch_size=(32, 96, 96),
+    num_classes: int = 118,
+    batch_size: int = 2,
+    learning_rate: float = 1e-3,
+    device: str = "cpu",
+    seed: int = 0,
+    inference_roi=None,
+) -> Path:
+    """Train a decoder on each frozen encoder and write the Dice table and plot; returns the table."""
+    import torch
+    from monai.data import CacheDataset, DataLoader, load_decathlon_datalist
+    from monai.transforms import Compose, RandCropByPosNegLabeld
+    from monai.utils import set_determinism
+    from tqdm import tqdm
+
+    from ctfm.transforms import ct_fm_transforms
+    from ctfm.validation import check_files_exist
+
+    encoders = find_encoders([encoders] if isinstance(encoders, (str, os.PathLike)) else encoders)
+    base = str(dataset_dir or Path(datalist).parent)
+    train_items = load_decathlon_datalist(str(datalist), True, "training", base)
+    val_items = load_decathlon_datalist(str(datalist), True, "validation", base)
+    check_files_exist(train_items + val_items, where=str(datalist))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / TABLE
+    done = {r["encoder"] for r in read_table(table)}
+    todo = [e for e in encoders if str(e) not in done]
+    print(f"{len(encoders)} encoder(s), {len(encoders) - len(todo)} already in {table}")
+
+    prep = ct_fm_transforms(label_key="label", min_size=patch_size)  # read once, reused for every encoder
+    keys = ["image", "label"]
+    train_ds = CacheDataset(
+        [{k: d[k] for k in keys} for d in train_items], transform=Compose([prep, RandCropByPosNegLabeld(
+            keys, "label", spatial_size=tuple(patch_size), pos=1, neg=0, num_samples=batch_size)]), progress=False)
+    val_ds = CacheDataset([{k: d[k] for k in keys} for d in val_items], transform=prep, progress=False)
+    for encoder_path in tqdm(todo, desc="checkpoints", unit="encoder"):
+        set_determinism(seed)  # every encoder gets the same crops, initial decoder and order
+        loader = DataLoader(train_ds, batch_size=1, shuffle=True, num_workers=0)
+        net = _train_decoder(encoder_path, loader, iterations, num_classes, learning_rate, device)
+        dice = _evaluate(net, val_ds, inference_roi or patch_size, num_classes, device)
+        row = {"encoder": str(encoder_path), "iteration": _iteration(encoder_path), "mean_dice": f"{dice:.4f}",
+               "cases": len(val_ds)}
+        new = not table.exists()
+        with open(table, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        print(f"  {encoder_path.name}: mean Dice {dice:.4f}")
+    set_determinism(None)
+    _plot(read_table(table), out / PLOT)
+    return table
+
+
+def _train_decoder(encoder_path, loader, iterations, num_classes, learning_rate, device):
+    import torch
+    from monai.losses import DiceCELoss
+
+    from ctfm.networks import build_segmentation_network
+    from ctfm.weights import load_encoder_weights
+
+    net = build_segmentation_network(out_channels=num_classes, dsdepth=1)
+    load_encoder_weights(net, encoder_path)
+    net.encoder.requires_grad_(False)  # frozen: only the decoder learns
+    net.to(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-5)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    step = 0
+    while step < iterations:
+        for batch in loader:
+            net.train()
+            net.encoder.eval()  # BatchNorm keeps the pretrained statistics
+            image, label = batch["image"].to(device), batch["label"].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(image), label)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step >= iterations:
+                break
+    return net.eval()
+
+
+def _evaluate(net, dataset, roi_size, num_classes, device) -> float:
+    import torch
+    from monai.inferers import SlidingWindowInferer
+    from monai.metrics import DiceMetric
+
+    inferer = SlidingWindowInferer(roi_size=tuple(roi_size), sw_batch_size=2, overlap=0.25)
+    metric = DiceMetric(include_background=False, num_classes=num_classes, ignore_empty=True)
+    with torch.no_grad():
+        for item in dataset:
+            logits = inferer(item["image"][None].to(device), net)
+            metric(logits.argmax(1, keepdim=True).cpu(), item["label"][None].cpu())
+    dice = metric.aggregate()  # mean over cases of the mean over the classes present
+    return float(dice)
+
+
+def read_table(table: Path) -> list[dict]:
+    if not table.exists():
+        return []
+    with open(table, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _plot(rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: (int(r["iteration"]) if r["iteration"] else -1, r["encoder"]))
+    labels = [r["iteration"] or Path(r["encoder"]).name for r in rows]
+    values = [float(r["mean_dice"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(rows) + 2), 3.5))
+    ax.plot(range(len(rows)), values, marker="o")
+    best = max(range(len(rows)), key=values.__getitem__)
+    ax.annotate(f"best: {labels[best]}", (best, values[best]), textcoords="offset points", xytext=(0, 8), ha="center")
+    ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right")
+    ax.set_xlabel("pretraining iteration (encoder)")
+    ax.set_ylabel("few-shot mean Dice (frozen encoder)")
+    ax.set_title("Checkpoint selection")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
