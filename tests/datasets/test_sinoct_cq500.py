@@ -34,9 +34,29 @@ def sinoct_tree(tmp_path) -> tuple[Path, dict[str, int]]:
     return root, labels
 
 
-def test_sinoct_datalist_has_a_seeded_stratified_811_split(sinoct_tree, tmp_path):
+def test_sinoct_default_split_is_the_authors(sinoct_tree, tmp_path):
+    """Sorted folders, random.seed(0), random.shuffle, cut at int(0.8 n) and int(0.9 n): written out by hand here."""
+    import random
+
     root, labels = sinoct_tree
     assert run_tool(convert_sinoct, ["--sinoct-dir", str(root), "--output", str(tmp_path / "a.json")]) == 0
+    written = json.loads((tmp_path / "a.json").read_text())
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    random.seed(0)
+    random.shuffle(folders)
+    assert [e["id"] for e in written["training"]] == folders[:32]
+    assert [e["id"] for e in written["validation"]] == folders[32:36]
+    assert [e["id"] for e in written["testing"]] == folders[36:]
+    assert written["converter"]["split"] == "authors"
+    (root / "stray_folder").mkdir()  # a folder without a label would shift the authors' lists: refused
+    with pytest.raises(ValueError, match="stray_folder"):
+        sinoct.convert_sinoct(root, tmp_path / "stray.json")
+
+
+def test_sinoct_stratified_split_keeps_the_class_balance(sinoct_tree, tmp_path):
+    root, labels = sinoct_tree
+    args = ["--sinoct-dir", str(root), "--output", str(tmp_path / "a.json"), "--split", "stratified"]
+    assert run_tool(convert_sinoct, args) == 0
     first = json.loads((tmp_path / "a.json").read_text())
     sizes = {k: len(first[k]) for k in ("training", "validation", "testing")}
     assert sizes == {"training": 32, "validation": 4, "testing": 4}
@@ -47,8 +67,8 @@ def test_sinoct_datalist_has_a_seeded_stratified_811_split(sinoct_tree, tmp_path
     assert all(e["label"] == labels[e["id"]] for e in entries)
     assert all((root / e["image"]).is_file() for e in entries)
     # The same seed gives the same split; another seed another one.
-    sinoct.convert_sinoct(root, tmp_path / "b.json", seed=0)
-    sinoct.convert_sinoct(root, tmp_path / "c.json", seed=1)
+    sinoct.convert_sinoct(root, tmp_path / "b.json", seed=0, split="stratified")
+    sinoct.convert_sinoct(root, tmp_path / "c.json", seed=1, split="stratified")
     assert json.loads((tmp_path / "b.json").read_text())["testing"] == first["testing"]
     assert json.loads((tmp_path / "c.json").read_text())["testing"] != first["testing"]
     # The bundle reads it as it is.
