@@ -31,14 +31,16 @@ def _save(path: Path, voxels=(), shape=(10, 10, 10), spacing=SPACING) -> None:
 
 
 CUBE = [(i, j, k) for i in range(3, 6) for j in range(3, 6) for k in range(3, 6)]
-# case: (truth voxels, predicted voxels, Dice, ASD in mm, status), all worked out by hand.
+# case: (truth voxels, predicted voxels, Dice, ASD predicted -> true surface in mm (MONAI's default, the
+# authors'), symmetric ASD in mm, status), all worked out by hand.
 HAND_MADE = {
-    "liver_1": ([(2, 2, 2)], [(5, 2, 2)], 0.0, 6.0, "ok"),  # 3 voxels apart along the 2 mm axis
-    "liver_2": ([(0, 0, 0), (0, 0, 1)], [(0, 0, 0)], 2 / 3, 1 / 3, "ok"),  # distances 0, 0 and 1 mm, pooled
-    "liver_3": (CUBE, CUBE, 1.0, 0.0, "ok"),
-    "liver_4": (CUBE, [], 0.0, math.nan, "empty prediction"),
-    "liver_5": ([], [(1, 1, 1)], 0.0, math.nan, "empty truth"),
-    "liver_6": ([], [], 1.0, math.nan, "both empty"),
+    "liver_1": ([(2, 2, 2)], [(5, 2, 2)], 0.0, 6.0, 6.0, "ok"),  # 3 voxels apart along the 2 mm axis
+    # predicted (0,0,0) lies on the truth: 0 mm; both ways: distances 0, 0 and 1 mm, pooled
+    "liver_2": ([(0, 0, 0), (0, 0, 1)], [(0, 0, 0)], 2 / 3, 0.0, 1 / 3, "ok"),
+    "liver_3": (CUBE, CUBE, 1.0, 0.0, 0.0, "ok"),
+    "liver_4": (CUBE, [], 0.0, math.nan, math.nan, "empty prediction"),
+    "liver_5": ([], [(1, 1, 1)], 0.0, math.nan, math.nan, "empty truth"),
+    "liver_6": ([], [], 1.0, math.nan, math.nan, "both empty"),
 }
 
 
@@ -61,12 +63,18 @@ def test_dice_and_asd_per_case_match_hand_computed_values(hand_made, tmp_path):
     summary = evaluate_tumour(datalist, preds, tmp_path / "eval", run_name="A")
     with open(tmp_path / "eval" / "per_case.csv") as f:
         rows = {r["case"]: r for r in csv.DictReader(f)}
-    for case, (_, _, dice, asd, status) in HAND_MADE.items():
+    for case, (_, _, dice, asd, asd_symmetric, status) in HAND_MADE.items():
         assert float(rows[case]["dice"]) == pytest.approx(dice, abs=1e-6), case
-        assert (math.isnan(asd) and math.isnan(float(rows[case]["asd_mm"]))) or float(rows[case]["asd_mm"]) == pytest.approx(asd, abs=1e-6), case
+        for column, expected in (("asd_mm", asd), ("asd_symmetric_mm", asd_symmetric)):
+            value = float(rows[case][column])
+            assert (math.isnan(expected) and math.isnan(value)) or value == pytest.approx(expected, abs=1e-6), case
         assert rows[case]["status"] == status
-    assert summary["dice"]["mean"] == pytest.approx((0 + 2 / 3 + 1 + 0 + 0 + 1) / 6)
-    assert summary["asd_mm"]["mean"] == pytest.approx((6 + 1 / 3 + 0) / 3) and summary["asd_mm"]["n"] == 3
+    # The paper's figures: Dice over the cases with tumour in the truth; one-sided ASD.
+    assert summary["dice"]["mean"] == pytest.approx((0 + 2 / 3 + 1 + 0) / 4) and summary["dice"]["n"] == 4
+    assert summary["asd_mm"]["mean"] == pytest.approx((6 + 0 + 0) / 3) and summary["asd_mm"]["n"] == 3
+    # The stricter ones, labelled: every case, and both surfaces.
+    assert summary["dice_all_cases"]["mean"] == pytest.approx((0 + 2 / 3 + 1 + 0 + 0 + 1) / 6)
+    assert summary["asd_symmetric_mm"]["mean"] == pytest.approx((6 + 1 / 3 + 0) / 3)
     low, high = summary["dice"]["ci95"]
     assert 0 <= low < summary["dice"]["mean"] < high <= 1
     assert summary["empty_prediction"] == ["liver_4"] and summary["empty_truth"] == ["liver_5"]
@@ -107,5 +115,6 @@ def test_side_by_side_table_of_two_runs(hand_made, tmp_path, capsys):
     assert "Dice CT-FM + Auto3DSeg" in header and "ASD mm Auto3DSeg" in header
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:2] == ["hand-made", "6"] and cells[-1] == "1 / 0"
-    assert cells[2].startswith("0.444 (") and cells[3].startswith("0.611 (")  # B: liver_4 Dice 1
+    # Dice over the 4 cases with tumour in the truth: A (0 + 2/3 + 1 + 0) / 4, B finds liver_4 (Dice 1)
+    assert cells[2].startswith("0.417 (") and cells[3].startswith("0.667 (")
     assert table_file.read_text().splitlines()[2] == row

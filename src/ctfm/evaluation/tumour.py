@@ -6,13 +6,18 @@ map in ``predictions`` whose name is the image's name plus an optional letters-o
 below the folder (liver_3.nii.gz -> liver_3_ensemble.nii.gz from AutoRunner, liver_3_seg.nii.gz from the
 template's infer.py). The tumour is ``label_value`` (default 1) in both maps; maps must share a grid.
 
-Metrics are MONAI's: DiceMetric, and SurfaceDistanceMetric(symmetric=True) with the voxel spacing, i.e.
-the mean over the surface points of both maps of the distance to the other map's surface, in mm.
+Metrics follow the CT-FM authors' evaluation (their notebooks/tumor-seg-eval/evaluate.ipynb):
+  ``dice``    MONAI Dice of the tumour, averaged over the cases whose truth holds tumour (a case with an
+              empty truth is left out of the mean, as the authors skip it);
+  ``asd_mm``  MONAI's average surface distance with its default ``symmetric=False`` (from the predicted
+              surface to the true one), in mm, with the voxel spacing.
+Stricter figures are reported beside them, labelled: ``dice_all_cases`` (every case: an empty truth counts
+1 when nothing is predicted and 0 otherwise) and ``asd_symmetric_mm`` (both surfaces, pooled).
 Empty maps are reported, never hidden:
   tumour in the truth, none predicted   "empty prediction": Dice 0, ASD undefined
-  no tumour in the truth, some predicted "empty truth":     Dice 0, ASD undefined
-  neither                                "both empty":       Dice 1, ASD undefined
-Undefined ASDs (MONAI returns inf) are left out of the ASD mean and counted in the summary.
+  no tumour in the truth, some predicted "empty truth":     Dice 0, ASD undefined (not in the paper's mean)
+  neither                                "both empty":       Dice 1, ASD undefined (not in the paper's mean)
+Undefined ASDs (MONAI returns inf) are left out of the ASD means and counted in the summary.
 
 Writes ``output_dir``/per_case.csv and summary.json (means, 95% bootstrap intervals, the empty cases).
 Compare runs: :func:`compare_runs` (``ctfm evaluate-tumour --compare A B``, once per task; summary.json
@@ -35,6 +40,7 @@ from ctfm.metrics import N_BOOTSTRAP, bootstrap_ci
 from ctfm.validation import check_same_grid, load_volume
 
 SUMMARY, PER_CASE = "summary.json", "per_case.csv"
+TRUTH_EMPTY = ("empty truth", "both empty")  # statuses of cases the authors leave out of the Dice mean
 
 
 # ----------------------------------------------------------------------------------------------
@@ -60,14 +66,16 @@ def case_metrics(prediction: Path, label: Path, label_value: int = 1) -> dict:
     n_truth, n_pred = int(truth.sum()), int(pred.sum())
     y, y_pred = one_hot(truth[None], 2), one_hot(pred[None], 2)
     dice = float(DiceMetric(include_background=False, ignore_empty=False)(y_pred, y))
-    status, asd = "ok", math.nan
+    status, asd, asd_symmetric = "ok", math.nan, math.nan
     if n_truth and n_pred:
         spacing = [float(s) for s in truth_img.pixdim]
-        asd = float(SurfaceDistanceMetric(include_background=False, symmetric=True)(y_pred, y, spacing=spacing))
+        asd = float(SurfaceDistanceMetric(include_background=False)(y_pred, y, spacing=spacing))
+        asd_symmetric = float(SurfaceDistanceMetric(include_background=False, symmetric=True)(y_pred, y, spacing=spacing))
     else:
         status = {(True, False): "empty prediction", (False, True): "empty truth"}.get((bool(n_truth), bool(n_pred)),
                                                                                       "both empty")
-    return {"dice": dice, "asd_mm": asd, "truth_voxels": n_truth, "pred_voxels": n_pred, "status": status}
+    return {"dice": dice, "asd_mm": asd, "asd_symmetric_mm": asd_symmetric, "truth_voxels": n_truth,
+            "pred_voxels": n_pred, "status": status}
 
 
 def evaluate_tumour(
@@ -109,7 +117,8 @@ def evaluate_tumour(
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Means with 95% bootstrap intervals over cases (ASD over the cases where it is defined)."""
+    """Means with 95% bootstrap intervals over cases: the paper's ``dice`` (cases with tumour in the truth) and
+    ``asd_mm``, and the stricter ``dice_all_cases`` and ``asd_symmetric_mm`` (ASDs over the cases where defined)."""
     def stat(values):
         finite = [v for v in values if math.isfinite(v)]
         if not finite:  # JSON has no NaN: an undefined mean is null
@@ -121,10 +130,14 @@ def summarise(rows: list[dict]) -> dict:
     return {
         "n_cases": len(rows),
         "cases": [r["case"] for r in rows],
-        "dice": stat([r["dice"] for r in rows]),
+        "dice": stat([r["dice"] for r in rows if r["status"] not in TRUTH_EMPTY]),
         "asd_mm": stat([r["asd_mm"] for r in rows]),
+        "dice_all_cases": stat([r["dice"] for r in rows]),
+        "asd_symmetric_mm": stat([r.get("asd_symmetric_mm", math.nan) for r in rows]),
         **{s.replace(" ", "_"): cases for s, cases in by_status.items()},
-        "method": f"MONAI DiceMetric; SurfaceDistanceMetric(symmetric=True) in mm; percentile bootstrap, "
+        "method": "the CT-FM authors': MONAI Dice over cases with tumour in the truth, MONAI average surface "
+                  "distance (symmetric=False) in mm; also dice_all_cases (empty truths counted) and asd_symmetric_mm; "
+                  f"percentile bootstrap, "
                   f"{N_BOOTSTRAP} resamples of cases, seed 0",
     }
 
