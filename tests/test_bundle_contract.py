@@ -128,3 +128,18 @@ def test_input_is_a_file_a_dicom_folder_a_folder_of_volumes_or_a_list(tmp_path):
         list_inputs(tmp_path / "empty")
     with pytest.raises(ValueError, match="no input"):
         list_inputs("")
+
+
+def _contract_table(readme) -> list[str]:
+    """The table under the heading "The bundle contract" of a README."""
+    text = readme.read_text().split("## The bundle contract", 1)[1]
+    lines = text.split("\n## ", 1)[0].splitlines()
+    return [line for line in lines if line.startswith("|")]
+
+
+def test_the_contract_table_is_written_once_and_shown_in_every_bundle_readme():
+    table = _contract_table(REPO / "README.md")
+    ids = {line.split("`")[1] for line in table[2:]}
+    assert ids == {*TRAIN_CONTRACT, *INFERENCE_IDS} - {"resume_from"}
+    for bundle in BUNDLES.values():
+        assert _contract_table(bundle / "docs" / "README.md") == table, bundle.name
