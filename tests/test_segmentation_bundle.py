@@ -109,17 +109,22 @@ def test_a_short_cpu_run_raises_validation_dice(phantoms, tmp_path):
     assert dice[0] < 0.4 and dice[-1] > 0.55 and dice[-1] > dice[0] + 0.3, f"validation Dice did not rise: {dice}"
 
 
-def test_one_epoch_from_random_init(phantoms, tmp_path):
+def test_one_epoch_from_random_init_then_the_resume_rule(phantoms, tmp_path):
     out = tmp_path / "run"
-    proc = run_bundle(BUNDLE, "train.json", {
-        **TINY, "dataset_dir": str(phantoms["dir"]), "output_dir": str(out), "spacing": [4, 4, 4], "epochs": 1,
-        "val_interval": 1, "batch_size": 1,
-    })
+    command = {**TINY, "dataset_dir": str(phantoms["dir"]), "output_dir": str(out), "spacing": [4, 4, 4],
+               "epochs": 1, "val_interval": 1, "batch_size": 1, "checkpoint_interval": 1}
+    proc = run_bundle(BUNDLE, "train.json", command)
     assert "encoder tensors" not in proc.stdout + proc.stderr
     assert len(tensorboard_scalars(out, "train_loss")) == 2  # two training phantoms, batch 1
     assert len(tensorboard_scalars(out, "val_mean_dice")) == 1
     # the checkpoint loads strictly into the inference network (what inference.json does with --ckpt_path)
     load_network_weights(build_segmentation_network(out_channels=118), out / "models" / "model.pt")
+    # The bundles' resume rule: the finished run is refused; with one more epoch it continues, from epoch 2.
+    refused = run_bundle(BUNDLE, "train.json", command, check=False)
+    assert refused.returncode != 0 and "holds a finished run" in refused.stderr
+    resumed = run_bundle(BUNDLE, "train.json", {**command, "epochs": 2})
+    assert "Epoch: 2/2" in resumed.stdout + resumed.stderr and "Epoch: 1/2" not in resumed.stdout + resumed.stderr
+    assert (out / "models" / "checkpoint_epoch=2.pt").is_file()
 
 
 def test_two_process_ddp_on_cpu(phantoms, ct_fm_weights, tmp_path):
