@@ -378,7 +378,8 @@ def test_sigkill_then_same_command_resumes_at_the_saved_iteration_and_lr(cache, 
     # 2 epochs of 2 iterations; a checkpoint at iteration 3, i.e. mid-epoch 2, after one cosine lr step.
     overrides = {**TINY, "scans_per_batch": 1, "dataset_dir": str(cache["dir"]), "output_dir": str(out),
                  "epochs": 2, "epoch_length": 2, "checkpoint_interval": 3}
-    env = {**os.environ, "PYTHONPATH": str(BUNDLE), "OMP_NUM_THREADS": "2"}
+    pythonpath = os.pathsep.join(filter(None, [str(BUNDLE), os.environ.get("PYTHONPATH")]))  # keep this checkout's ctfm
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "2"}
     first = subprocess.Popen(_bundle_command(["train.json"], overrides), cwd=BUNDLE, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
