@@ -42,5 +42,7 @@ def run_torchrun(bundle: str | Path, configs: list[str], overrides: dict, proces
     cmd = bundle_command(bundle, configs, overrides)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={processes}",
            *cmd[1:]]
-    env = {**os.environ, "PYTHONPATH": str(bundle), "OMP_NUM_THREADS": "1"}
+    # The caller's PYTHONPATH stays after the bundle's, so a checkout's own ctfm is the one imported.
+    pythonpath = os.pathsep.join(filter(None, [str(bundle), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=600)

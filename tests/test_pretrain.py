@@ -399,9 +399,11 @@ def test_sigkill_then_same_command_resumes_at_the_saved_iteration_and_lr(cache, 
     assert "resumed from" in logs and f"at iteration 3 (1 epoch(s) completed), lr {saved_lr:.3g}" in logs, logs[-3000:]
     assert "Epoch: 1/2" not in logs and "Epoch: 2/2, Iter: 2/2" in logs  # continues, does not start over
     assert (out / "checkpoints" / "checkpoint_final_iteration=4.pt").exists()
-    refused = subprocess.run(_bundle_command(["train.json"], {**overrides, "resume": False}), cwd=BUNDLE, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert refused.returncode != 0 and "holds checkpoints of an earlier run" in refused.stderr + refused.stdout
+    # The bundles' resume rule: the same command again is refused (the run is finished), as is resume false.
+    for extra, message in (({}, "holds a finished run"), ({"resume": False}, "already holds a training run")):
+        refused = subprocess.run(_bundle_command(["train.json"], {**overrides, **extra}), cwd=BUNDLE, env=env,
+                                 capture_output=True, text=True, timeout=600)
+        assert refused.returncode != 0 and message in refused.stderr + refused.stdout
 
 
 @pytest.mark.slow

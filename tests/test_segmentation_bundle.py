@@ -109,17 +109,22 @@ def test_a_short_cpu_run_raises_validation_dice(phantoms, tmp_path):
     assert dice[0] < 0.4 and dice[-1] > 0.55 and dice[-1] > dice[0] + 0.3, f"validation Dice did not rise: {dice}"
 
 
-def test_one_epoch_from_random_init(phantoms, tmp_path):
+def test_one_epoch_from_random_init_then_the_resume_rule(phantoms, tmp_path):
     out = tmp_path / "run"
-    proc = run_bundle(BUNDLE, "train.json", {
-        **TINY, "dataset_dir": str(phantoms["dir"]), "output_dir": str(out), "spacing": [4, 4, 4], "epochs": 1,
-        "val_interval": 1, "batch_size": 1,
-    })
+    command = {**TINY, "dataset_dir": str(phantoms["dir"]), "output_dir": str(out), "spacing": [4, 4, 4],
+               "epochs": 1, "val_interval": 1, "batch_size": 1, "checkpoint_interval": 1}
+    proc = run_bundle(BUNDLE, "train.json", command)
     assert "encoder tensors" not in proc.stdout + proc.stderr
     assert len(tensorboard_scalars(out, "train_loss")) == 2  # two training phantoms, batch 1
     assert len(tensorboard_scalars(out, "val_mean_dice")) == 1
-    # the checkpoint loads strictly into the inference network (what inference.json does with --weights)
+    # the checkpoint loads strictly into the inference network (what inference.json does with --ckpt_path)
     load_network_weights(build_segmentation_network(out_channels=118), out / "models" / "model.pt")
+    # The bundles' resume rule: the finished run is refused; with one more epoch it continues, from epoch 2.
+    refused = run_bundle(BUNDLE, "train.json", command, check=False)
+    assert refused.returncode != 0 and "holds a finished run" in refused.stderr
+    resumed = run_bundle(BUNDLE, "train.json", {**command, "epochs": 2})
+    assert "Epoch: 2/2" in resumed.stdout + resumed.stderr and "Epoch: 1/2" not in resumed.stdout + resumed.stderr
+    assert (out / "models" / "checkpoint_epoch=2.pt").is_file()
 
 
 def test_two_process_ddp_on_cpu(phantoms, ct_fm_weights, tmp_path):
@@ -192,7 +197,7 @@ def test_evaluation_writes_per_structure_dice_and_group_means(trained, phantoms,
     out = tmp_path / "eval"
     run_bundle(BUNDLE, ["train.json", "evaluate.json"], {
         **TINY, "dataset_dir": str(phantoms["dir"]), "datalist": str(phantoms["one"]), "output_dir": str(out),
-        "weights": str(trained["model"]), "spacing": [4, 4, 4],
+        "ckpt_path": str(trained["model"]), "spacing": [4, 4, 4],
     })
     summary = json.loads((out / "summary.json").read_text())
     rows = list(csv.DictReader(open(out / "per_structure_dice.csv")))
@@ -211,7 +216,7 @@ def test_inference_on_real_dicom_and_lps_nrrd_keeps_the_input_grid(trained, samp
     shutil.copy(sample_ct.chest_nrrd, inputs / "chest_ct.nrrd")
     out = tmp_path / "pred"
     run_bundle(BUNDLE, "inference.json", {
-        "input": str(inputs), "output_dir": str(out), "weights": str(trained["model"]), "spacing": [6, 6, 6],
+        "input": str(inputs), "output_dir": str(out), "ckpt_path": str(trained["model"]), "spacing": [6, 6, 6],
         "patch_size": [32, 32, 32],
     })
     for source, name in ((inputs / "abdomen_dicom", "abdomen_dicom_seg"), (inputs / "chest_ct.nrrd", "chest_ct_seg")):
@@ -274,10 +279,10 @@ def test_label_map_on_another_grid_stops_training_with_a_clear_message(tmp_path)
 
 def test_inference_input_errors_name_the_file(tmp_path):
     defects = write_defective_inputs(tmp_path / "defects")
-    proc = run_bundle(BUNDLE, "inference.json", {"input": str(tmp_path / "missing.nii.gz"), "weights": "",
+    proc = run_bundle(BUNDLE, "inference.json", {"input": str(tmp_path / "missing.nii.gz"), "ckpt_path": "",
                                                  "output_dir": str(tmp_path / "o1")}, check=False)
     assert proc.returncode != 0 and "missing.nii.gz: no such file or folder" in proc.stderr
-    proc = run_bundle(BUNDLE, "inference.json", {"input": str(defects["two_d"]), "weights": "",
+    proc = run_bundle(BUNDLE, "inference.json", {"input": str(defects["two_d"]), "ckpt_path": "",
                                                  "output_dir": str(tmp_path / "o2")}, check=False)
     assert proc.returncode != 0
     assert "two_d.nii.gz" in proc.stderr and "expected a 3-D volume" in proc.stderr

@@ -102,7 +102,7 @@ def test_evaluate_writes_metrics_equal_to_sklearn(trained, head_phantoms, tmp_pa
 
     out = tmp_path / "eval"
     run_bundle(BUNDLE, ["train.json", "evaluate.json"], {
-        "dataset_dir": str(head_phantoms), "ckpt_file": str(trained / "model.pt"), "output_dir": str(out),
+        "dataset_dir": str(head_phantoms), "ckpt_path": str(trained / "model.pt"), "output_dir": str(out),
         "eval_list": "testing", "n_bootstrap": 200, **TINY,
     })
     metrics = json.loads((out / "metrics.json").read_text())
@@ -134,7 +134,7 @@ def test_inference_gives_probability_and_label(trained, head_phantoms, tmp_path)
     scan = head_phantoms / "images" / "head_032_bleed.nii.gz"
     out = tmp_path / "infer"
     run_bundle(BUNDLE, "inference.json", {
-        "image": str(scan), "ckpt_file": str(trained / "model.pt"), "output_dir": str(out), **TINY,
+        "input": str(scan), "ckpt_path": str(trained / "model.pt"), "output_dir": str(out), **TINY,
     })
     (record,) = json.loads((out / "predictions.json").read_text())
     threshold = json.loads((trained / "threshold.json").read_text())["threshold"]
@@ -145,7 +145,7 @@ def test_inference_gives_probability_and_label(trained, head_phantoms, tmp_path)
     assert float(rows[0]["probability"]) == pytest.approx(record["probability"], abs=1e-6)
     # A second run into the same folder is refused: nothing is overwritten.
     again = run_bundle(BUNDLE, "inference.json", {
-        "image": str(scan), "ckpt_file": str(trained / "model.pt"), "output_dir": str(out), **TINY,
+        "input": str(scan), "ckpt_path": str(trained / "model.pt"), "output_dir": str(out), **TINY,
     }, check=False)
     assert again.returncode != 0 and "already holds predictions.csv" in again.stdout + again.stderr
 
@@ -165,12 +165,16 @@ def test_two_process_ddp_on_cpu(head_phantoms, tmp_path):
 
 
 @pytest.mark.slow
-def test_training_refuses_an_earlier_run_and_resumes_it(trained, head_phantoms, tmp_path):
+def test_training_refuses_a_finished_run_and_continues_it_with_more_epochs(trained, head_phantoms, tmp_path):
+    """The bundles' resume rule (ctfm.training.resume_checkpoint), through the CLI."""
     common = {"dataset_dir": str(head_phantoms), "output_dir": str(trained), "batch_size": 8, **TINY}
+    before = (trained / "model.pt").stat().st_mtime_ns
     refused = run_bundle(BUNDLE, "train.json", {**common, "epochs": EPOCHS}, check=False)
-    assert refused.returncode != 0
-    assert "already holds a training run" in refused.stdout + refused.stderr
-    resumed = run_bundle(BUNDLE, "train.json", {**common, "epochs": EPOCHS + 1, "resume": True})
+    assert refused.returncode != 0 and "holds a finished run" in refused.stdout + refused.stderr
+    refused = run_bundle(BUNDLE, "train.json", {**common, "epochs": EPOCHS + 1, "resume": False}, check=False)
+    assert refused.returncode != 0 and "already holds a training run" in refused.stdout + refused.stderr
+    assert (trained / "model.pt").stat().st_mtime_ns == before  # nothing was overwritten
+    resumed = run_bundle(BUNDLE, "train.json", {**common, "epochs": EPOCHS + 1})
     log = resumed.stdout + resumed.stderr
     assert f"Epoch: {EPOCHS + 1}/{EPOCHS + 1}" in log and "Epoch: 1/" not in log  # only the missing epoch ran
     assert (trained / f"checkpoint_epoch={EPOCHS + 1}.pt").is_file()
@@ -180,7 +184,8 @@ def test_training_refuses_an_earlier_run_and_resumes_it(trained, head_phantoms, 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["concat", "channels"])
 def test_encoder_holds_ct_fm_weights(layout, tmp_path):
-    """After start-up the full CT-FM-topology encoder holds the given weights (channels: first conv spread)."""
+    """After start-up the full CT-FM-topology encoder holds the given weights (channels: the first kernel
+    expanded by ctfm.weights over the 4 windows, so 4 equal windows give the released response)."""
     from safetensors.torch import load_file
 
     from ctfm.networks import build_encoder
@@ -292,7 +297,7 @@ def test_non_ct_and_wrong_weights_fail_clearly(trained, tmp_path):
 
     defects = write_defective_inputs(tmp_path / "defects")
     proc = run_bundle(BUNDLE, "inference.json", {
-        "image": str(defects["mr_like"]), "ckpt_file": str(trained / "model.pt"),
+        "input": str(defects["mr_like"]), "ckpt_path": str(trained / "model.pt"),
         "output_dir": str(tmp_path / "out"), **TINY,
     }, check=False)
     assert proc.returncode != 0

@@ -16,6 +16,8 @@ from ctfm.networks import CTFMEmbedder, build_encoder, build_segmentation_networ
 from ctfm.registry import ENCODER_CONFIG, ENCODER_NUM_PARAMETERS, ENCODER_NUM_TENSORS
 from ctfm.weights import (
     WeightLoadError,
+    check_encoder_weights,
+    load_ct_fm_weights,
     load_encoder_weights,
     load_network_weights,
     load_pretrained,
@@ -246,6 +248,53 @@ def test_mismatch_is_diagnosed(overrides, diagnosis, tmp_path):
     torch.save(other.state_dict(), tmp_path / "other.pt")
     with pytest.raises(WeightLoadError, match=f"Diagnosis: .*{diagnosis}"):
         load_encoder_weights(build_encoder(), tmp_path / "other.pt")
+
+
+# --- the bundles' ct_fm_weights: "" = random init, several input channels -----------------------
+
+
+def test_one_channel_weights_expand_over_the_input_channels(tmp_path):
+    """The triage layout with windows as channels: 4 equal channels give the 1-channel encoder's response."""
+    single = _random_encoder(seed=2, init_filters=8)
+    weights = save_pretrained(single, tmp_path / "small")
+    four = load_encoder_weights(build_encoder(init_filters=8, in_channels=4), weights, expand_input_channels=True)
+    kernel = single.state_dict()["conv_init.weight"]
+    assert four.conv_init.weight.shape == (8, 4, 3, 3, 3)
+    torch.testing.assert_close(four.conv_init.weight, kernel.repeat(1, 4, 1, 1, 1) / 4)
+    rest = {k: v for k, v in single.state_dict().items() if k != "conv_init.weight"}
+    assert all(torch.equal(four.state_dict()[k], v) for k, v in rest.items())
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(four.eval()(x.repeat(1, 4, 1, 1, 1))[-1], single.eval()(x)[-1], atol=1e-5, rtol=1e-4)
+    # Without the option the channel mismatch is an error that names it, and nothing is loaded.
+    with pytest.raises(WeightLoadError, match="in_channels is 1 in the file but 4 in the network"):
+        load_encoder_weights(build_encoder(init_filters=8, in_channels=4), weights)
+
+
+def test_ct_fm_weights_setting_empty_keeps_random_init_and_a_path_loads(released, encoder):
+    """``load_ct_fm_weights`` is what every bundle's ``initialize`` calls with ``@ct_fm_weights``."""
+    torch.manual_seed(5)
+    fresh = build_encoder()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    for empty in ("", None):
+        assert _same_tensors(load_ct_fm_weights(fresh, empty).state_dict(), before)
+    assert _same_tensors(load_ct_fm_weights(fresh, released).state_dict(), encoder.state_dict())
+
+
+@pytest.mark.parametrize("form", ["released", "pt"])
+def test_shape_check_reads_no_values_and_finds_what_a_load_finds(released, encoder, tmp_path, form):
+    """``check_encoder_weights`` (the Auto3DSeg template's check before training) works on a meta-device
+    network from the shapes alone, and stops on the mismatch the load would stop on."""
+    path = released if form == "released" else tmp_path / "encoder.pt"
+    if form == "pt":
+        torch.save({"state_dict": {f"model.backbone.{k}": v for k, v in encoder.state_dict().items()}}, path)
+    with torch.device("meta"):
+        network = build_segmentation_network(out_channels=3)
+    assert check_encoder_weights(network, path).is_file()
+    assert all(t.is_meta for t in read_state_dict(path, shapes_only=True).values())
+    torch.save(build_encoder(init_filters=16).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(WeightLoadError, match="init_filters is 16 in the file but 32"):
+        check_encoder_weights(network, tmp_path / "other.pt")
 
 
 def test_foreign_network_is_named(tmp_path):

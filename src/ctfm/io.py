@@ -117,3 +117,32 @@ def root_cause(err: BaseException) -> BaseException:
         cur = cur.__cause__ or cur.__context__
     ours = [e for e in chain if type(e).__module__.startswith("ctfm") or isinstance(e, FileNotFoundError)]
     return ours[0] if ours else err
+
+
+def list_inputs(input: str | os.PathLike | Sequence) -> list[dict]:
+    """``[{"image": path}, ...]``: the scans an inference ``input`` names, in a stable order.
+
+    ``input`` (the bundles' inference ``input``) is a volume file, a DICOM series folder, a folder of
+    either, or a list of those. A folder holding volume files gives each file (and each sub-folder, as
+    a DICOM series); a folder holding only other files is one DICOM series.
+    """
+    if input is None or (isinstance(input, str) and not input):
+        raise ValueError("no input: set --input to a NIfTI/NRRD file, a DICOM series folder, a folder of those, "
+                         "or a JSON list of them.")
+    paths = [input] if isinstance(input, (str, os.PathLike)) else list(input)
+    items = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"--input {given}: no such file or folder. Give a NIfTI/NRRD file, a DICOM "
+                                    "series folder, or a folder of those.")
+        if path.is_file():
+            items.append({"image": str(path)})
+            continue
+        children = sorted(path.iterdir())
+        scans = [c for c in children if is_volume_file(c)] + [c for c in children if c.is_dir()]
+        if not scans and not any(c.is_file() for c in children):
+            raise FileNotFoundError(f"--input {given}: an empty folder, with no CT volume or DICOM series.")
+        # No volume files and no sub-folders: the folder is one DICOM series (its files often have no suffix).
+        items += [{"image": str(c)} for c in scans] or [{"image": str(path)}]
+    return items

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -85,18 +86,26 @@ def resolve_weights_file(path: str | os.PathLike) -> Path:
     )
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a weights file or folder, as a flat ``name -> tensor`` dict on the CPU."""
+def read_state_dict(path: str | os.PathLike, shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a weights file or folder, as a flat ``name -> tensor`` dict on the CPU.
+
+    ``shapes_only``: tensors on the ``meta`` device, which hold shapes and no values; the values are
+    not read (safetensors header, memory-mapped torch archive), so a check costs no load.
+    """
     file = resolve_weights_file(path)
     if file.suffix == ".safetensors" or _looks_like_safetensors(file):
         try:
+            if shapes_only:
+                with safe_open(str(file), framework="pt") as f:
+                    return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
             return load_file(str(file), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise WeightLoadError(
                 f"Cannot read {file}: {err}. The file is truncated or not a safetensors file; download it again."
             ) from err
     try:
-        obj = torch.load(str(file), map_location="cpu", weights_only=True)
+        mmap = shapes_only and zipfile.is_zipfile(file)  # a memory map reads no values (zip archives only)
+        obj = torch.load(str(file), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
         if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower():
             # torch's own text suggests weights_only=False, the one thing not to do with an unknown file:
@@ -113,7 +122,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"Cannot read {file}: {type(err).__name__}: {err}. The file is truncated, corrupt or not a PyTorch "
             f"checkpoint (supported: {WEIGHTS_FILENAME} folders, .safetensors, {', '.join(PICKLE_SUFFIXES)})."
         ) from err
-    return _unwrap_state_dict(obj, file)
+    tensors = _unwrap_state_dict(obj, file)
+    return {k: torch.empty(v.shape, device="meta") for k, v in tensors.items()} if shapes_only else tensors
 
 
 def _looks_like_safetensors(file: Path) -> bool:
@@ -228,20 +238,72 @@ def infer_encoder_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_encoder_weights(model: nn.Module, path: str | os.PathLike, prefix: str | None = None) -> nn.Module:
+def load_encoder_weights(
+    model: nn.Module, path: str | os.PathLike, prefix: str | None = None, expand_input_channels: bool = False
+) -> nn.Module:
     """Load CT-FM encoder weights from ``path`` into the ``SegResEncoder`` inside ``model``, strictly.
 
     ``model`` is a ``SegResEncoder``, a ``SegResNetDS`` (its decoder stays as it is), a
     :class:`~ctfm.networks.CTFMEmbedder`, a classifier, or any module with exactly one
     ``SegResEncoder`` in it. Returns ``model``.
+
+    ``expand_input_channels``: CT-FM's first convolution takes one channel. With this option, 1-channel
+    weights also go into an encoder whose first convolution takes C > 1 channels (the triage bundle's
+    head-CT windows as channels): the kernel is repeated over the C channels and divided by C, so C
+    equal channels give the 1-channel encoder's response. The authors never needed it (they join the
+    windows along a spatial axis and keep one channel); without the option the mismatch is an error.
     """
     encoder = find_encoder(model)
     source = resolve_weights_file(path)
-    weights = encoder_state_dict(read_state_dict(source), source, prefix)
-    _check_fits(encoder, weights, source, what="the CT-FM encoder")
+    weights = _fitting_encoder_weights(encoder, source, prefix, expand_input_channels)
     encoder.load_state_dict(weights, strict=True)
     logger.info("Loaded %d encoder tensors from %s", len(weights), source)
     return model
+
+
+def check_encoder_weights(
+    model: nn.Module, path: str | os.PathLike, prefix: str | None = None, expand_input_channels: bool = False
+) -> Path:
+    """Check that :func:`load_encoder_weights` would load ``path`` into ``model``, from the tensor shapes alone:
+    no value is read, and ``model`` may live on the ``meta`` device. Raises what the load would raise;
+    returns the weights file."""
+    source = resolve_weights_file(path)
+    _fitting_encoder_weights(find_encoder(model), source, prefix, expand_input_channels, shapes_only=True)
+    return source
+
+
+def _fitting_encoder_weights(
+    encoder: nn.Module, source: Path, prefix: str | None, expand_input_channels: bool, shapes_only: bool = False
+) -> dict[str, torch.Tensor]:
+    """The encoder tensors of ``source``, checked to fit ``encoder`` exactly (:class:`WeightLoadError` otherwise)."""
+    weights = encoder_state_dict(read_state_dict(source, shapes_only), source, prefix)
+    if expand_input_channels:
+        weights = expand_first_kernel(weights, encoder.conv_init.in_channels)
+    _check_fits(encoder, weights, source, what="the CT-FM encoder")
+    return weights
+
+
+def expand_first_kernel(weights: Mapping[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
+    """1-channel encoder weights for ``in_channels`` channels: the first kernel repeated and divided by their number.
+
+    Weights that already take ``in_channels``, or that take several channels, are returned unchanged
+    (a real mismatch is then reported by the strict load).
+    """
+    weights = dict(weights)
+    kernel = weights.get(ENCODER_ANCHOR)
+    if kernel is not None and kernel.shape[1] == 1 and in_channels > 1:
+        weights[ENCODER_ANCHOR] = kernel.repeat(1, in_channels, *([1] * (kernel.ndim - 2))) / in_channels
+    return weights
+
+
+def load_ct_fm_weights(model: nn.Module, ct_fm_weights: str | os.PathLike | None) -> nn.Module:
+    """The bundles' ``ct_fm_weights`` setting: ``""`` (or ``None``) keeps the random initialisation; a path is
+    loaded into the encoder of ``model`` by :func:`load_encoder_weights`, strictly, with the first kernel
+    expanded when the network takes several input channels. Returns ``model``.
+    """
+    if not ct_fm_weights:
+        return model
+    return load_encoder_weights(model, ct_fm_weights, expand_input_channels=True)
 
 
 def load_network_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -111,16 +111,21 @@ def user_settings(user: dict, template: dict) -> dict:
 
 
 def check_ct_fm_weights(path, in_channels: int) -> str:
-    """Load the CT-FM weights into a CT-FM encoder once, before any training starts; returns the absolute path.
+    """Check, before any training starts, that the CT-FM weights fit a CT-FM encoder; returns the absolute path.
 
-    Raises ctfm's clear errors: a missing file, a file that cannot be read, or weights of another
+    Only the tensor shapes are read (the weights are loaded once, by the training that starts from
+    them). Raises ctfm's clear errors: a missing file, a file that cannot be read, or weights of another
     architecture (the message lists the missing, unexpected and mis-shaped tensors).
     """
+    import torch
+
     from ctfm.networks import build_encoder
-    from ctfm.weights import load_encoder_weights
+    from ctfm.weights import check_encoder_weights
 
     path = os.path.abspath(os.path.expanduser(str(path)))
-    load_encoder_weights(build_encoder(in_channels=in_channels), path)
+    with torch.device("meta"):  # shapes only: no memory for 77.8M parameters
+        encoder = build_encoder(in_channels=in_channels)
+    check_encoder_weights(encoder, path, expand_input_channels=True)
     return path
 
 

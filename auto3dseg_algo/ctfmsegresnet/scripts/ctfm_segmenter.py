@@ -52,7 +52,7 @@ from ctfm.networks import build_segmentation_network
 from ctfm.registry import AIR_HU, ORIENTATION
 from ctfm.transforms import RAS_LABELS, hu_scaling
 from ctfm.validation import LoadCTd, check_files_exist, load_volume
-from ctfm.weights import load_encoder_weights
+from ctfm.weights import load_ct_fm_weights
 
 logger = logging.getLogger("ctfmsegresnet")
 
@@ -268,8 +268,7 @@ class Segmenter:
             logger.info("resuming from %s: %d of %d epochs done, best Dice %.4f", last, ckpt["epoch"],
                         cfg["num_epochs"], ckpt["best_metric"])
             return optimizer, scheduler, scaler, ckpt["epoch"], ckpt["best_metric"]
-        if cfg["ct_fm_weights"]:
-            load_encoder_weights(self.network, cfg["ct_fm_weights"])  # strict; the decoder stays fresh
+        load_ct_fm_weights(self.network, cfg["ct_fm_weights"])  # "" keeps the random init; the decoder stays fresh
         return optimizer, scheduler, scaler, 0, -1.0
 
     def train(self) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -13,7 +12,6 @@ from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from ctfm.training import checkpoints_newest_first
 from ctfm.weights import save_pretrained
 
 logger = logging.getLogger("ct_fm_pretrain")
@@ -40,10 +38,9 @@ class TrainingCheckpoints:
       ``checkpoint_iteration=N.pt``, the last ``n_saved`` kept, plus ``checkpoint_final_iteration=N.pt``.
     - Exported (:func:`ctfm.weights.save_pretrained`): the encoder of each checkpoint, in the released
       CT-FM layout, as ``export_dir/iteration_NNNNNNNN/``, loadable by the rest of the project.
-    - ``resume``: ``True`` continues from the newest checkpoint in ``ckpt_dir`` when there is one (a run
-      killed and started again with the same command continues at the same iteration and learning
-      rate); ``False`` refuses to start over an earlier run's checkpoints; a path loads that checkpoint.
-      A newest checkpoint that cannot be read (killed while writing) is skipped for the one before.
+    - ``resume_from``: the checkpoint to continue from, or ``None`` for a new run. The bundle sets it with
+      :func:`ctfm.training.resume_checkpoint` (the bundles' one resume rule), so a run killed and started
+      again with the same command continues at the same iteration and learning rate.
     """
 
     def __init__(
@@ -55,12 +52,13 @@ class TrainingCheckpoints:
         lr_scheduler=None,
         interval: int = 500,
         n_saved: int | None = 2,
-        resume: bool | str = True,
+        resume_from: str | os.PathLike | None = None,
         framework: str = "",
     ):
         self.ckpt_dir, self.export_dir = Path(ckpt_dir), Path(export_dir)
         self.network, self.optimizer, self.lr_scheduler = network, optimizer, lr_scheduler
-        self.interval, self.n_saved, self.resume, self.framework = int(interval), n_saved, resume, framework
+        self.interval, self.n_saved, self.framework = int(interval), n_saved, framework
+        self.resume_from = resume_from
 
     def attach(self, engine: Engine) -> None:
         state = {"network": self.network, "optimizer": self.optimizer, "trainer": engine}
@@ -68,9 +66,10 @@ class TrainingCheckpoints:
             state["lr_scheduler"] = self.lr_scheduler
         if getattr(engine, "scaler", None) is not None:
             state["scaler"] = engine.scaler
-        candidates = self._resume_candidates()
-        if candidates:
-            engine.add_event_handler(Events.STARTED, self._load_newest_readable, candidates, state)
+        if self.resume_from:
+            device = getattr(engine.state, "device", None)
+            CheckpointLoader(str(self.resume_from), state, map_location=device).attach(engine)
+            engine.add_event_handler(Events.STARTED, self._log_resumed)
         CheckpointSaver(
             str(self.ckpt_dir), state, epoch_level=False, save_interval=self.interval, n_saved=self.n_saved, save_final=True
         ).attach(engine)
@@ -78,34 +77,11 @@ class TrainingCheckpoints:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.export)
         engine.add_event_handler(Events.COMPLETED, self.export)
 
-    def _resume_candidates(self) -> list[Path]:
-        if isinstance(self.resume, (str, os.PathLike)) and str(self.resume).lower() not in ("true", "false"):
-            path = Path(self.resume)
-            if not path.is_file():
-                raise FileNotFoundError(f"resume={path}: no such checkpoint file. Pass a checkpoint_*.pt or true/false.")
-            return [path]
-        existing = checkpoints_newest_first(self.ckpt_dir)
-        if existing and str(self.resume).lower() == "false":
-            raise FileExistsError(
-                f"{self.ckpt_dir} holds checkpoints of an earlier run (newest: {existing[0].name}). Nothing is "
-                "overwritten: pass --resume true to continue that run, or another --output_dir for a new one."
-            )
-        return existing
-
-    def _load_newest_readable(self, engine: Engine, candidates: list[Path], state: dict) -> None:
-        device = engine.state.device if hasattr(engine.state, "device") else None
-        for path in candidates:
-            try:
-                CheckpointLoader(str(path), state, map_location=device)(engine)
-            except Exception as err:  # noqa: BLE001 - a file cut short by a kill: fall back to the previous one
-                logger.warning("cannot resume from %s (%s: %s); trying an older checkpoint", path, type(err).__name__, err)
-                continue
-            logger.info(
-                "resumed from %s at iteration %d (%d epoch(s) completed), lr %.3g",
-                path, engine.state.iteration, engine.state.epoch, self.optimizer.param_groups[0]["lr"],
-            )
-            return
-        raise RuntimeError(f"none of the checkpoints {[p.name for p in candidates]} can be read; move them away to start over.")
+    def _log_resumed(self, engine: Engine) -> None:
+        logger.info(
+            "resumed from %s at iteration %d (%d epoch(s) completed), lr %.3g",
+            self.resume_from, engine.state.iteration, engine.state.epoch, self.optimizer.param_groups[0]["lr"],
+        )
 
     def export(self, engine: Engine) -> None:
         if not _is_main_process():

@@ -1,16 +1,13 @@
-"""Which volumes go in, and what is written next to each label map."""
+"""Few-shot training subsets, and what is written next to each label map."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from monai.transforms import MapTransform
-
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def few_shot(datalist: Sequence[Mapping], num_train: int | None, seed: int = 0) -> list[dict]:
@@ -29,33 +26,6 @@ def few_shot(datalist: Sequence[Mapping], num_train: int | None, seed: int = 0) 
         )
     order = np.random.default_rng(seed).permutation(len(items))
     return [items[i] for i in order[:num_train]]
-
-
-def _is_volume(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
-
-
-def list_inputs(path: str | os.PathLike) -> list[dict]:
-    """``[{"image": ...}]`` for inference from a file, a DICOM series folder, or a folder of either.
-
-    A folder holding NIfTI/NRRD files gives each file (and each sub-folder, as a DICOM series);
-    a folder holding only other files is one DICOM series.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: no such file or folder. Set --input to a NIfTI/NRRD file, a DICOM series folder, "
-            "or a folder of those."
-        )
-    if path.is_file():
-        return [{"image": str(path)}]
-    children = sorted(path.iterdir())
-    volumes = [c for c in children if _is_volume(c)] + [c for c in children if c.is_dir()]
-    if volumes:
-        return [{"image": str(c)} for c in volumes]
-    if any(c.is_file() for c in children):
-        return [{"image": str(path)}]  # a DICOM series: its files often have no extension
-    raise FileNotFoundError(f"{path} is an empty folder: no CT volume or DICOM series to segment.")
 
 
 class WriteLabelNamesd(MapTransform):

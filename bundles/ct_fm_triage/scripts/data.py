@@ -8,6 +8,7 @@ from pathlib import Path
 
 from monai.data import load_decathlon_datalist
 
+from ctfm.io import list_inputs
 from ctfm.validation import check_files_exist
 
 LABEL_NAMES = {0: "normal", 1: "abnormal"}
@@ -41,14 +42,7 @@ def load_triage_datalist(datalist: str | os.PathLike, dataset_dir: str | os.Path
     return [{"image": item["image"], "label": int(item["label"]), "id": str(i)} for i, item in zip(ids, items)]
 
 
-def inference_items(images: str | os.PathLike | list, base_dir: str | os.PathLike = ".") -> list[dict]:
-    """``[{"image": path, "id": path as given}, ...]`` for one NIfTI/NRRD file or DICOM series folder, or a list.
-
-    Relative paths are taken from ``base_dir``.
-    """
-    if images is None:
-        raise ValueError("no input: give --image a NIfTI/NRRD file or a DICOM series folder (or a JSON list of them).")
-    paths = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-    items = [{"image": str(Path(base_dir) / p), "id": str(p)} for p in paths]
-    check_files_exist(items, keys=("image",), where="--image")
-    return items
+def inference_items(input: str | os.PathLike | list) -> list[dict]:
+    """``[{"image": path, "id": path}, ...]`` for the bundles' ``input`` (:func:`ctfm.io.list_inputs`): a
+    NIfTI/NRRD file, a DICOM series folder, a folder of those, or a list of them."""
+    return [{**item, "id": item["image"]} for item in list_inputs(input)]

@@ -1,15 +1,16 @@
-"""The triage network: the CT-FM encoder with the authors' classification head, and its weight loading."""
+"""The triage network: the CT-FM encoder with the authors' classification head.
+
+CT-FM weights go in through ``ctfm.weights.load_ct_fm_weights`` (train.json's ``initialize``), which
+also serves the windows-as-channels layout (``in_channels`` 4: the first kernel is expanded).
+"""
 
 from __future__ import annotations
-
-import os
 
 import torch
 from torch import nn
 
-from ctfm.networks import CTFMEmbedder, build_encoder, find_encoder
+from ctfm.networks import CTFMEmbedder
 from ctfm.registry import ENCODER_CONFIG
-from ctfm.weights import load_encoder_weights
 
 
 class TriageClassifier(nn.Module):
@@ -32,22 +33,3 @@ class TriageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.embedder(x))
 
-
-def load_ct_fm_weights(model: nn.Module, weights: str | os.PathLike | None) -> nn.Module:
-    """Load CT-FM encoder weights (any form ``ctfm.weights`` reads) into ``model``, strictly; ``None`` keeps it random.
-
-    With windows as channels the first convolution takes 4 channels while CT-FM's takes 1: its kernel
-    is repeated over the channels and divided by their number, so four equal windows give the
-    released encoder's response.
-    """
-    if not weights:
-        return model
-    encoder = find_encoder(model)
-    channels = encoder.conv_init.in_channels
-    if channels == 1:
-        return load_encoder_weights(model, weights)
-    single = load_encoder_weights(build_encoder(init_filters=encoder.conv_init.out_channels), weights)
-    state = single.state_dict()
-    state["conv_init.weight"] = state["conv_init.weight"].repeat(1, channels, 1, 1, 1) / channels
-    encoder.load_state_dict(state, strict=True)
-    return model

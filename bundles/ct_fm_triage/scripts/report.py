@@ -75,9 +75,9 @@ def choose_threshold(labels, probs) -> float:
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
-def read_threshold(ckpt_file: str | os.PathLike) -> float:
+def read_threshold(ckpt_path: str | os.PathLike) -> float:
     """The threshold that training chose on its validation set, stored next to the model."""
-    path = Path(ckpt_file).with_name(THRESHOLD_FILE)
+    path = Path(ckpt_path).with_name(THRESHOLD_FILE)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist: it is written by training next to the best model. Give the threshold "

@@ -198,7 +198,7 @@ def segmentation_step(run_dir: Path, encoder_weights: Path, body_list: Path, ct_
     })
     model = out / "train" / "models" / "model.pt"
     run_bundle(bundle, "inference.json", {
-        **tiny, "input": str(ct_path), "weights": str(model), "output_dir": str(out / "predictions"),
+        **tiny, "input": str(ct_path), "ckpt_path": str(model), "output_dir": str(out / "predictions"),
     })
     label = next((out / "predictions").glob("*_seg.nii.gz"))
     view = ct_fm_transforms(label_key="label", spacing=(3.0, 3.0, 3.0), crop_foreground=False)(
@@ -223,7 +223,7 @@ def triage_step(run_dir: Path, encoder_weights: Path, head_list: Path) -> dict[s
     })
     model = out / "train" / "model.pt"
     run_bundle(bundle, ["train.json", "evaluate.json"], {
-        **tiny, "dataset_dir": str(head_list.parent), "datalist": str(head_list), "ckpt_file": str(model),
+        **tiny, "dataset_dir": str(head_list.parent), "datalist": str(head_list), "ckpt_path": str(model),
         "output_dir": str(out / "evaluation"), "n_bootstrap": 200,
     })
     return {"triage_model": str(model), "triage_evaluation": str(out / "evaluation")}
