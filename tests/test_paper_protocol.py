@@ -108,3 +108,10 @@ def test_a_drifted_default_is_caught(tmp_path):
     [(detail, locator, expected)] = protocol_rows(doc)
     assert expected == pytest.approx(2e-4)
     assert read_default(locator) != pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bundle", ["ct_fm_pretrain", "ct_fm_segmentation", "ct_fm_triage"])
+def test_multi_gpu_training_synchronises_batch_norm_on_gpus(bundle):
+    """The authors trained every task with sync_batchnorm=True; each multi-GPU overlay converts the network."""
+    text = (REPO / "bundles" / bundle / "configs" / "multi_gpu_train.json").read_text()
+    assert "SyncBatchNorm.convert_sync_batchnorm(@network_def)" in text
