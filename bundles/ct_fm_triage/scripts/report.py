@@ -3,9 +3,12 @@
 - AUROC is MONAI's ``compute_roc_auc``; F1, accuracy, sensitivity and specificity come from MONAI's
   confusion matrix at a probability threshold (a case is abnormal when its probability >= threshold).
 - Intervals resample cases with replacement (``ctfm.metrics.bootstrap_paired_ci``, 1000 resamples).
-- The threshold is the one that maximises F1 on the validation set. Training writes it to
-  ``threshold.json`` next to the best model whenever the validation AUROC improves, so evaluating
-  that model on any other datalist (zero-shot CQ500) uses the threshold chosen on SinoCT validation.
+- The reported F1 (and accuracy, sensitivity, specificity) are at probability 0.5, as the paper's
+  (the authors' ``BinaryF1Score``); ``threshold`` overrides it.
+- Training also records the threshold that maximises F1 on the validation set (``threshold.json`` next
+  to the best model, written whenever the validation AUROC improves). Evaluation reports the metrics at
+  that threshold beside the paper's, labelled ``at_validation_threshold``, so a zero-shot CQ500 run can
+  be read both ways.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from scripts.data import LABEL_NAMES
 logger = logging.getLogger(__name__)
 
 THRESHOLD_FILE = "threshold.json"
+PAPER_THRESHOLD = 0.5  # the paper's F1: a case is abnormal when its probability >= 0.5
 METRICS = ("auroc", "f1", "accuracy", "sensitivity", "specificity")
 CONFUSION_NAMES = {"f1": "f1 score", "accuracy": "accuracy", "sensitivity": "sensitivity", "specificity": "specificity"}
 
@@ -75,9 +79,14 @@ def choose_threshold(labels, probs) -> float:
     return float(thresholds[int(np.argmax(f1[:-1]))])
 
 
-def read_threshold(ckpt_path: str | os.PathLike) -> float:
-    """The threshold that training chose on its validation set, stored next to the model."""
+def read_threshold(ckpt_path: str | os.PathLike, required: bool = True) -> float | None:
+    """The threshold that training chose on its validation set, stored next to the model.
+
+    ``required=False`` returns ``None`` when the model has none (it was not trained by this bundle).
+    """
     path = Path(ckpt_path).with_name(THRESHOLD_FILE)
+    if not path.is_file() and not required:
+        return None
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist: it is written by training next to the best model. Give the threshold "
@@ -168,14 +177,22 @@ class ThresholdSaver(PredictionCollector):
 class TriageReport(PredictionCollector):
     """Evaluation: ``predictions.csv``, ``metrics.json`` (95% bootstrap intervals) and ``roc_curve.png``."""
 
-    def __init__(self, output_dir: str | os.PathLike, threshold: float, datalist: str = "", n_boot: int = 1000):
+    def __init__(self, output_dir: str | os.PathLike, threshold: float = PAPER_THRESHOLD,
+                 validation_threshold: float | None = None, datalist: str = "", n_boot: int = 1000):
         super().__init__()
         self.output_dir, self.threshold, self.datalist, self.n_boot = Path(output_dir), float(threshold), datalist, n_boot
+        self.validation_threshold = validation_threshold
 
     def epoch_completed(self, engine: Engine) -> None:
         if len(self.labels) != len(self.probs):
             raise ValueError("evaluation needs a label for every case; use inference.json for unlabelled scans.")
         metrics = triage_metrics(self.labels, self.probs, self.threshold, n_boot=self.n_boot)
+        if self.validation_threshold is not None:  # labelled: not the paper's operating point
+            beside = triage_metrics(self.labels, self.probs, self.validation_threshold, n_boot=self.n_boot)
+            metrics["at_validation_threshold"] = {
+                "rule": "the threshold that maximised F1 on the training run's validation set",
+                **{k: beside[k] for k in ("threshold", *METRICS) if k != "auroc"},
+            }
         metrics["datalist"] = str(self.datalist)
         rows = [
             [i, y, p, int(p >= self.threshold)] for i, y, p in zip(self.ids, self.labels, self.probs)
@@ -194,7 +211,7 @@ class TriageReport(PredictionCollector):
 class PredictionWriter(PredictionCollector):
     """Inference: ``predictions.csv`` and ``predictions.json``, one probability and label per scan."""
 
-    def __init__(self, output_dir: str | os.PathLike, threshold: float):
+    def __init__(self, output_dir: str | os.PathLike, threshold: float = PAPER_THRESHOLD):
         super().__init__()
         self.output_dir, self.threshold = Path(output_dir), float(threshold)
 
