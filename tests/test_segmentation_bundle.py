@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_runner import run_bundle, run_torchrun, use_bundle_scripts
+from bundle_runner import BUNDLES, run_bundle, run_torchrun, use_bundle_scripts
 from monai.transforms import LoadImage
 
 from ctfm.data.labels import keep_largest_structures
@@ -26,7 +26,7 @@ from ctfm.networks import build_encoder, build_segmentation_network
 from ctfm.registry import totalsegmentator_classes
 from ctfm.weights import load_network_weights, read_state_dict, save_pretrained
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_segmentation"
+BUNDLE = BUNDLES / "ct_fm_segmentation"
 TINY = {"patch_size": [32, 32, 32], "num_workers": 0, "checkpoint_interval": 1000}
 pytestmark = pytest.mark.slow
 
