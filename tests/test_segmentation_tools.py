@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctfm.registry import TOTALSEG_NUM_CLASSES, totalsegmentator_classes
+from ctfm.registry import TOTALSEG_NUM_CLASSES, totalsegmentator_classes, totalsegmentator_groups
 from ctfm.cli.compare_segmentation import compare_segmentation
 from ctfm.cli.convert_totalsegmentator import convert_totalsegmentator
 from bundle_runner import BUNDLES, metadata_problems, use_bundle_scripts, verify_metadata
@@ -25,7 +25,7 @@ from scripts.evaluation import StructureDice, read_per_case, write_report  # noq
 CHANNEL_DEF = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"]["pred"][
     "channel_def"
 ]
-GROUPS = json.loads((BUNDLE / "configs" / "label_groups.json").read_text())["groups"]
+GROUPS = totalsegmentator_groups()
 
 
 def test_channel_def_is_the_totalsegmentator_class_map():

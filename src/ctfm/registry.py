@@ -47,6 +47,12 @@ def totalsegmentator_classes() -> dict[int, str]:
     return {int(k): v for k, v in json.loads(text)["classes"].items()}
 
 
+@lru_cache(maxsize=None)
+def totalsegmentator_groups() -> dict[str, list[str]]:
+    """The paper's label groups (Figure 2f): group -> names of its structures, TotalSegmentator's five parts."""
+    return json.loads(resource("totalsegmentator_v2_groups.json").read_text())["groups"]
+
+
 def totalsegmentator_ids() -> dict[str, int]:
     """Name -> class id, the inverse of :func:`totalsegmentator_classes`."""
     return {name: idx for idx, name in totalsegmentator_classes().items()}

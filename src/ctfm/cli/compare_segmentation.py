@@ -25,16 +25,14 @@ EXAMPLES = """  ctfm compare-segmentation --a runs/evaluate_ctfm/per_structure_d
   ctfm compare-segmentation --a ctfm.csv --b random.csv --name-a CT-FM --name-b "random init" --output compare/
 """
 
-LABEL_GROUPS = Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_segmentation" / "configs" / "label_groups.json"
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--a", required=True, help="per_structure_dice.csv of the model under test (e.g. CT-FM)")
     parser.add_argument("--b", required=True, help="per_structure_dice.csv of the baseline (e.g. random init)")
     parser.add_argument("--name-a", default="CT-FM", help="legend name of --a")
     parser.add_argument("--name-b", default="random init", help="legend name of --b")
     parser.add_argument("--output", required=True, help="folder for structures.csv, groups.csv, comparison.png")
-    parser.add_argument("--label-groups", default=str(LABEL_GROUPS), help="label groups JSON (the bundle's)")
+    parser.add_argument("--label-groups", default=None,
+                        help="label groups JSON ({'groups': {name: [structures]}}; default: the paper's, as the bundle)")
 
 
 def _read(path: Path):
@@ -49,8 +47,9 @@ def _read(path: Path):
     return rows[0][1:], np.array([[float(v) for v in r[1:]] for r in rows[1:]])
 
 
-def compare_segmentation(a, b, output, name_a="CT-FM", name_b="random init", label_groups=LABEL_GROUPS) -> dict:
-    """Write the comparison (see module docstring) and return its summary."""
+def compare_segmentation(a, b, output, name_a="CT-FM", name_b="random init", label_groups=None) -> dict:
+    """Write the comparison (see module docstring) and return its summary; ``label_groups`` is a JSON file,
+    by default the paper's groups (``ctfm.registry.totalsegmentator_groups``)."""
     import numpy as np
 
     from ctfm.metrics import macro_mean_ci
@@ -60,7 +59,9 @@ def compare_segmentation(a, b, output, name_a="CT-FM", name_b="random init", lab
     names_b, dice_b = _read(b)
     if names_a != names_b:
         raise ValueError(f"{a} and {b} have different structure columns; compare evaluations of the same label set.")
-    groups = json.loads(Path(label_groups).read_text())["groups"]
+    from ctfm.registry import totalsegmentator_groups
+
+    groups = json.loads(Path(label_groups).read_text())["groups"] if label_groups else totalsegmentator_groups()
     group_of = {s: g for g, members in groups.items() for s in members}
     with np.errstate(all="ignore"):
         mean_a, mean_b = np.nanmean(dice_a, axis=0), np.nanmean(dice_b, axis=0)
