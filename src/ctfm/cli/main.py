@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-
 from pathlib import Path
 
 import ctfm
@@ -82,6 +81,7 @@ PATH_OPTIONS = frozenset({
 
 def absolute_path_options(args: argparse.Namespace) -> argparse.Namespace:
     """``args`` with every :data:`PATH_OPTIONS` value (or list of values) resolved against the working directory."""
+
     def resolve(value):
         if isinstance(value, list):
             return [resolve(v) for v in value]
