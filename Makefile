@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The bundles are not inside the installed package: the demo and the tests find this checkout's here.
+export CTFM_BUNDLES := $(CURDIR)/bundles
 
 .PHONY: demo test bench clean-venv
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# The demo and bundle helpers find the bundles through $CTFM_BUNDLES (make sets it); here, this checkout's.
+os.environ.setdefault("CTFM_BUNDLES", str(REPO / "bundles"))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctfm.cli.main import COMMANDS, SUMMARIES, build_parser
+from ctfm.cli.main import COMMANDS, PATH_OPTIONS, SUMMARIES, build_parser
 
 CTFM = [sys.executable, "-m", "ctfm.cli.main"]
 
@@ -57,18 +57,72 @@ def test_bad_input_gives_one_line_error_not_a_traceback(tmp_path):
     assert str(weights) in out.stderr and "not found" in out.stderr
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end_and_writes_what_it_prints(tmp_path, sample_ct):
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+def test_every_option_is_classified_as_a_path_or_not():
+    """A new file or folder option must join PATH_OPTIONS, or its relative value would not be made absolute."""
+    not_paths = {"help", "version", "command", "prefix", "device", "idc_version", "metadata_idc_version", "gcp_project",
+                 "key", "run_name", "name_a", "name_b", "id_column", "label_column", "structure"}
+    for name in COMMANDS:
+        sub = next(a for a in build_parser(name)._actions if a.dest == "command").choices[name]
+        for action in sub._actions:
+            text = action.type in (None, str, Path) and not action.choices and action.nargs != 0  # flags: nargs 0
+            assert action.dest in PATH_OPTIONS or action.dest in not_paths or not text, (name, action.dest)
+
+
+def test_relative_paths_mean_the_working_directory_they_are_typed_in(tmp_path):
+    """`ctfm embed` from a folder other than the data's: relative --weights, --datalist, --dataset-dir, --output-dir."""
+    from ctfm.data.phantoms import write_body_phantoms
+    from ctfm.networks import build_encoder
+    from ctfm.weights import save_pretrained
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    datalist = write_body_phantoms(data / "body", num=2, seed=0)
+    save_pretrained(build_encoder(init_filters=4), data / "tiny_weights")
+    (data / "lists").mkdir()
+    datalist.rename(data / "lists" / "phantoms.json")  # elsewhere than its images: --dataset-dir is needed
+    work.mkdir()
     out = subprocess.run(
-        [*CTFM, "demo", "--output-dir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=900
+        [*CTFM, "embed", "--weights", "../data/tiny_weights", "--datalist", "../data/lists/phantoms.json",
+         "--dataset-dir", "../data/body", "--output-dir", "embeddings"],
+        cwd=work, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    run_dir = (tmp_path / "latest").resolve()
+    index = work / "embeddings" / "embeddings.csv"
+    assert index.is_file() and str(index) in out.stdout  # where the user meant, and said in full
+    assert len(list((work / "embeddings").glob("*.npy"))) == 2  # one per scan of the datalist
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "work"]  # nothing written anywhere else
+
+
+def test_a_missing_bundles_folder_is_named_before_any_work(tmp_path, monkeypatch, capsys):
+    from ctfm.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CTFM_BUNDLES")
+    assert main(["demo", "--output-dir", "x"]) == 1
+    assert "set CTFM_BUNDLES to the bundles/ folder" in capsys.readouterr().err
+    assert main(["demo", "--bundles-dir", "nowhere"]) == 1
+    assert f"{tmp_path / 'nowhere'} (from --bundles-dir) holds no CT-FM bundles" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no run folder was started
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_from_another_folder_and_writes_what_it_prints(tmp_path, sample_ct):
+    """As `make demo` but from a folder other than the checkout: the relative --output-dir means that folder,
+    although the bundles run in their own folders."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # CTFM_BUNDLES: set by conftest.py (or make) to this checkout
+    out = subprocess.run(
+        [*CTFM, "demo", "--output-dir", "demo_output"], cwd=tmp_path, capture_output=True, text=True, env=env,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["demo_output"]
+    output_dir = tmp_path / "demo_output"
+    run_dir = (output_dir / "latest").resolve()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     for name, path in manifest["outputs"].items():
         assert Path(path).exists(), name
         assert path in out.stdout, f"the demo does not tell the user where {name} is"
+        if name != "sample_ct_folder":  # the one output in the download cache
+            assert Path(path).is_relative_to(run_dir), f"{name} is not in the run folder: {path}"
     assert "RANDOM" in Path(manifest["outputs"]["weights"]).name
     assert "NOT CT-FM" in (Path(manifest["outputs"]["weights"]) / "README.md").read_text()
     embedding = np.load(manifest["outputs"]["embedding"])
@@ -78,5 +132,5 @@ def test_demo_runs_end_to_end_and_writes_what_it_prints(tmp_path, sample_ct):
         assert png.shape[0] > 300 and png.shape[1] > 900
         assert (np.abs(png[..., 0].astype(int) - png[..., 1]) > 40).any()  # coloured overlay, not just grey CT
     # A second run never touches the first.
-    first = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("run_"))
+    first = sorted(p.name for p in output_dir.iterdir() if p.name.startswith("run_"))
     assert len(first) == 1

@@ -20,10 +20,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bundle_runner import run_bundle, run_torchrun, use_bundle_scripts, verify_metadata
+from bundle_runner import BUNDLES, metadata_problems, run_bundle, run_torchrun, use_bundle_scripts, verify_metadata
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "ct_fm_pretrain"
+BUNDLE = BUNDLES / "ct_fm_pretrain"
 use_bundle_scripts(BUNDLE)  # the bundle's `scripts` package, as monai.bundle run does
 
 from scripts.losses import (  # noqa: E402
@@ -281,6 +280,10 @@ def test_preparation_cli_reads_a_csv_list(tmp_path, scans):
 
 
 # --- The bundle ----------------------------------------------------------------------------------
+
+
+def test_metadata_has_what_monai_requires():
+    assert metadata_problems(BUNDLE) == []
 
 
 def test_metadata_is_valid(tmp_path):

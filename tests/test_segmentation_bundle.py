@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bundle_runner import run_bundle, run_torchrun, use_bundle_scripts
+from bundle_runner import BUNDLES, run_bundle, run_torchrun, use_bundle_scripts
 from monai.transforms import LoadImage
 
 from ctfm.data.labels import keep_largest_structures
@@ -26,7 +26,7 @@ from ctfm.networks import build_encoder, build_segmentation_network
 from ctfm.registry import totalsegmentator_classes
 from ctfm.weights import load_network_weights, read_state_dict, save_pretrained
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_segmentation"
+BUNDLE = BUNDLES / "ct_fm_segmentation"
 TINY = {"patch_size": [32, 32, 32], "num_workers": 0, "checkpoint_interval": 1000}
 pytestmark = pytest.mark.slow
 
@@ -239,9 +239,12 @@ def test_network_passes_verify_net_in_out():
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_channels_last_windows_give_the_same_probabilities(precision):
-    """The inferer hands the network channels-last windows (the speed-up on CPUs); the stitched output
-    is the one MONAI's plain order gives, and the network itself is left in its own memory order."""
+def test_channels_last_windows_give_the_same_labels_within_the_precision(precision):
+    """The inferer hands the network channels-last windows (the speed-up on CPUs), and the network itself is
+    left in its own memory order. The two orders run different kernels, which round differently: in fp32 the
+    stitched outputs agree to float rounding; in bf16 (8 significant bits) to a few bf16 steps (measured: max
+    0.015 on outputs up to 2.4, over a quarter of the elements beyond 1e-5), and the label maps agree except
+    at near-ties of the two best classes (measured: 99.93 % of voxels)."""
     use_bundle_scripts(BUNDLE)
     from scripts.inferer import AutocastSlidingWindowInferer
 
@@ -260,8 +263,14 @@ def test_channels_last_windows_give_the_same_probabilities(precision):
         # channel stride 1 is channels-last (a 1-channel window is "contiguous" in both orders)
         assert seen and all((w.stride(1) == 1) == channels_last for w in seen)
     assert outputs[True].dtype == torch.float32 and outputs[True].shape == (1, 5, 40, 48, 56)
-    torch.testing.assert_close(outputs[True], outputs[False], atol=1e-5, rtol=1e-4)
     assert all(p.is_contiguous() for p in network.parameters())
+    tolerance = {"fp32": {"atol": 1e-5, "rtol": 1e-4}, "bf16": {"atol": 2**-5, "rtol": 2**-6}}[precision]
+    torch.testing.assert_close(outputs[True], outputs[False], **tolerance)
+    labels = {order: out.argmax(1) for order, out in outputs.items()}
+    differ = labels[True] != labels[False]
+    assert differ.float().mean() <= 0.01
+    best_two = outputs[False].topk(2, dim=1).values
+    assert ((best_two[:, 0] - best_two[:, 1])[differ] <= 2 * tolerance["atol"]).all()  # only near-ties flip
 
 
 # --- Bad input: the message names the file, the problem and the fix --------------------------

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from ctfm.registry import TOTALSEG_NUM_CLASSES, label_groups, totalsegmentator_classes
-from bundle_runner import use_bundle_scripts, verify_metadata
+from bundle_runner import BUNDLES, metadata_problems, use_bundle_scripts, verify_metadata
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "ct_fm_segmentation"
+BUNDLE = BUNDLES / "ct_fm_segmentation"
 use_bundle_scripts(BUNDLE)  # the bundle's own `scripts` package, as MONAI imports it
 from scripts.evaluation import StructureDice, read_per_case, write_report  # noqa: E402
 
@@ -33,6 +33,10 @@ def test_label_groups_partition_the_117_structures():
     assert sorted(GROUPS) == ["cardiac", "muscles", "organs", "ribs", "vertebrae"]
     assert len(members) == len(set(members)) == TOTALSEG_NUM_CLASSES
     assert set(members) == set(totalsegmentator_classes().values())
+
+
+def test_metadata_has_what_monai_requires():
+    assert metadata_problems(BUNDLE) == []
 
 
 def test_metadata_passes_the_offline_schema(tmp_path):

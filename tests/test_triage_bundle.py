@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from bundle_runner import REPO, run_bundle, run_torchrun, use_bundle_scripts, verify_metadata
+from bundle_runner import BUNDLES, metadata_problems, run_bundle, run_torchrun, use_bundle_scripts, verify_metadata
 
-BUNDLE = REPO / "bundles" / "ct_fm_triage"
+BUNDLE = BUNDLES / "ct_fm_triage"
 # Tiny but faithful: phantoms sampled at 4 mm and the bundle resampling to the same 4 mm keep the
 # bleeds crisp; 12 x 16 x 16 per window holds a whole (0.3-scale) phantom head.
 TINY = {
@@ -270,6 +270,10 @@ def test_metrics_equal_sklearn_on_fixed_predictions():
 
 
 # --- bundle checks ------------------------------------------------------------------------------
+def test_metadata_has_what_monai_requires():
+    assert metadata_problems(BUNDLE) == []
+
+
 def test_metadata_is_valid_offline(tmp_path):
     proc = verify_metadata(BUNDLE, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

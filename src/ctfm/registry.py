@@ -47,6 +47,7 @@ def totalsegmentator_classes() -> dict[int, str]:
     return {int(k): v for k, v in json.loads(text)["classes"].items()}
 
 
+@lru_cache(maxsize=None)
 def totalsegmentator_ids() -> dict[str, int]:
     """Name -> class id, the inverse of :func:`totalsegmentator_classes`."""
     return {name: idx for idx, name in totalsegmentator_classes().items()}

@@ -19,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctfm.io import absolute
+
 DESCRIPTION = __doc__
-EXAMPLES = """  ctfm demo
-  ctfm demo --output-dir /tmp/ctfm_demo --cache-dir /data/ctfm_cache
+EXAMPLES = """  make demo                      (from a checkout: sets CTFM_BUNDLES and runs the line below)
+  CTFM_BUNDLES=$PWD/bundles ctfm demo
+  ctfm demo --output-dir /tmp/ctfm_demo --cache-dir /data/ctfm_cache --bundles-dir ~/CT-FM/bundles
 """
 
 RANDOM_WEIGHTS_CARD = """# RANDOM WEIGHTS - NOT CT-FM
@@ -38,10 +41,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--output-dir", default="demo_output", help="parent folder; each run gets its own sub-folder")
     parser.add_argument("--cache-dir", default=None, help="download cache (default: $CTFM_CACHE or ~/.cache/ctfm)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantoms and the random weights")
+    parser.add_argument("--bundles-dir", default=None,
+                        help="the bundles/ folder of a CT-FM checkout (default: $CTFM_BUNDLES)")
 
 
 def run(args) -> int:
-    run_demo(output_dir=args.output_dir, cache_dir=args.cache_dir, seed=args.seed)
+    run_demo(output_dir=args.output_dir, cache_dir=args.cache_dir, seed=args.seed, bundles=args.bundles_dir)
     return 0
 
 
@@ -56,14 +61,24 @@ class _Steps:
         print(f"[{self.n}/{self.total}] {text}  (t={time.perf_counter() - self.t0:.0f}s)", flush=True)
 
 
-def run_demo(output_dir: str | Path = "demo_output", cache_dir: str | Path | None = None, seed: int = 0) -> dict:
-    """Run every step, write ``manifest.json`` and return it. Never overwrites an earlier run."""
+def run_demo(
+    output_dir: str | Path = "demo_output", cache_dir: str | Path | None = None, seed: int = 0,
+    bundles: str | Path | None = None,
+) -> dict:
+    """Run every step, write ``manifest.json`` and return it. Never overwrites an earlier run.
+
+    Relative paths mean the caller's working directory (the bundles run in their own folders);
+    ``bundles`` is the checkout's bundles/ folder, default ``$CTFM_BUNDLES``.
+    """
+    from ctfm.cli.bundle_run import bundles_dir
     from ctfm.data.phantoms import write_body_phantoms, write_head_phantoms
     from ctfm.data.sample_ct import fetch_sample_ct
     from ctfm.networks import build_encoder
     from ctfm.weights import load_pretrained, save_pretrained
 
-    run_dir = Path(output_dir) / datetime.now().strftime("run_%Y%m%d_%H%M%S")
+    bundles = bundles_dir(bundles)  # before any work: a missing folder fails now, not at step 6
+    cache_dir = absolute(cache_dir)
+    run_dir = absolute(output_dir) / datetime.now().strftime("run_%Y%m%d_%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=False)
     outputs: dict[str, str] = {}
     step = _Steps(total=10)
@@ -92,14 +107,14 @@ def run_demo(output_dir: str | Path = "demo_output", cache_dir: str | Path | Non
     outputs.update(overlay_step(run_dir, sample, body_list))
 
     step("pretraining the encoder for a few iterations (ct_fm_pretrain bundle) and exporting it")
-    outputs.update(pretrain_step(run_dir, sample, body_list))
+    outputs.update(pretrain_step(run_dir, bundles, sample, body_list))
     pretrained = Path(outputs["pretrained_encoder"])
 
     step("fine-tuning whole-body segmentation from that encoder, segmenting the real CT (ct_fm_segmentation bundle)")
-    outputs.update(segmentation_step(run_dir, pretrained, body_list, sample.abdomen_ct))
+    outputs.update(segmentation_step(run_dir, bundles, pretrained, body_list, sample.abdomen_ct))
 
     step("head CT triage on phantoms with and without bleeds (ct_fm_triage bundle)")
-    outputs.update(triage_step(run_dir, pretrained, head_list))
+    outputs.update(triage_step(run_dir, bundles, pretrained, head_list))
 
     step("semantic search (abdomen NIfTI -> the real DICOM series) and an occlusion saliency map of the real CT")
     outputs.update(search_and_saliency_step(run_dir, sample, weights_dir, encoder))
@@ -161,9 +176,9 @@ def overlay_step(run_dir: Path, sample, body_list: Path) -> dict[str, str]:
     return {"phantom_overlay_png": str(phantom_png), "real_ct_overlay_png": str(real_png)}
 
 
-def pretrain_step(run_dir: Path, sample, body_list: Path) -> dict[str, str]:
+def pretrain_step(run_dir: Path, bundles: Path, sample, body_list: Path) -> dict[str, str]:
     """Cache the real CT and the phantoms, pretrain six iterations, export the encoder in the released layout."""
-    from ctfm.cli.bundle_run import BUNDLES, run_bundle
+    from ctfm.cli.bundle_run import run_bundle
     from ctfm.pretraining.prepare import QualityFilters, prepare_cache
 
     out = run_dir / "pretrain"
@@ -171,7 +186,7 @@ def pretrain_step(run_dir: Path, sample, body_list: Path) -> dict[str, str]:
     # The paper keeps series of more than 50 slices; the miniature phantoms have fewer.
     cache = prepare_cache([str(sample.abdomen_ct), *images], out / "cache", workers=1,
                           filters=QualityFilters(min_slices_exclusive=10))
-    run_bundle(BUNDLES / "ct_fm_pretrain", "train.json", {
+    run_bundle(bundles / "ct_fm_pretrain", "train.json", {
         "dataset_dir": str(cache["datalist"].parent), "output_dir": str(out / "run"), "epochs": 1, "epoch_length": 6,
         "warmup_epochs": 0, "patch_size": [16, 32, 32], "crops_per_scan": 4, "scans_per_batch": 2,
         "num_workers": 0, "checkpoint_interval": 6,
@@ -182,14 +197,16 @@ def pretrain_step(run_dir: Path, sample, body_list: Path) -> dict[str, str]:
     return {"pretrain_cache": str(cache["datalist"].parent), "pretrained_encoder": str(encoder)}
 
 
-def segmentation_step(run_dir: Path, encoder_weights: Path, body_list: Path, ct_path: Path) -> dict[str, str]:
+def segmentation_step(
+    run_dir: Path, bundles: Path, encoder_weights: Path, body_list: Path, ct_path: Path
+) -> dict[str, str]:
     """Fine-tune for two epochs on the body phantoms, segment the real CT, draw the result on it."""
     from ctfm.registry import totalsegmentator_classes
     from ctfm.transforms import ct_fm_transforms
     from ctfm.viz import save_orthogonal_overlay
-    from ctfm.cli.bundle_run import BUNDLES, run_bundle
+    from ctfm.cli.bundle_run import run_bundle
 
-    bundle, out = BUNDLES / "ct_fm_segmentation", run_dir / "segmentation"
+    bundle, out = bundles / "ct_fm_segmentation", run_dir / "segmentation"
     tiny = {"patch_size": [32, 32, 32], "spacing": [4, 4, 4], "num_workers": 0}
     run_bundle(bundle, "train.json", {
         **tiny, "batch_size": 1, "dataset_dir": str(body_list.parent), "datalist": str(body_list),
@@ -211,11 +228,11 @@ def segmentation_step(run_dir: Path, encoder_weights: Path, body_list: Path, ct_
     return {"segmentation_model": str(model), "segmentation_label_map": str(label), "segmentation_overlay_png": str(png)}
 
 
-def triage_step(run_dir: Path, encoder_weights: Path, head_list: Path) -> dict[str, str]:
+def triage_step(run_dir: Path, bundles: Path, encoder_weights: Path, head_list: Path) -> dict[str, str]:
     """Train two epochs on head phantoms with and without bleeds, then evaluate on their test split."""
-    from ctfm.cli.bundle_run import BUNDLES, run_bundle
+    from ctfm.cli.bundle_run import run_bundle
 
-    bundle, out = BUNDLES / "ct_fm_triage", run_dir / "triage"
+    bundle, out = bundles / "ct_fm_triage", run_dir / "triage"
     tiny = {"spacing": [4, 4, 4], "spatial_size": [12, 16, 16], "num_workers": 0, "amp": False}
     run_bundle(bundle, "train.json", {
         **tiny, "dataset_dir": str(head_list.parent), "datalist": str(head_list), "output_dir": str(out / "train"),

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 import ctfm
-from ctfm.io import root_cause
+from ctfm.io import absolute, root_cause
 
 # subcommand -> module in ctfm.cli. The one table the parser is built from.
 COMMANDS: dict[str, str] = {
@@ -66,6 +67,32 @@ SUMMARIES: dict[str, str] = {
     "select-checkpoint": "rank pretraining checkpoints by few-shot segmentation Dice with a frozen encoder",
 }
 
+# Option names (argparse dests) that hold a file or folder, in every subcommand that has them. Their
+# values are made absolute right after parsing, in main(): a relative path then means the folder the user
+# typed it in, whatever the tool does next (the demo runs bundles in their own folders) and wherever the
+# tool records it (manifests, datalists). tests/test_cli_and_demo.py checks that every option is classified.
+PATH_OPTIONS = frozenset({
+    "a", "b", "bundles_dir", "cache_dir", "compare", "corpus", "cq500_dir", "ct_index", "datalist", "dataroot",
+    "dataset_dir", "download_dir", "embeddings", "encoders", "input", "inputs", "label_groups", "labels", "lists",
+    "organmnist", "output", "output_dir", "predictions", "queries", "reads", "retest", "sinoct_dir", "source",
+    "table", "targets", "task_dir", "test", "transform", "volume_geometry_index", "weights",
+})  # fmt: skip
+
+
+def absolute_path_options(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with every :data:`PATH_OPTIONS` value (or list of values) resolved against the working directory."""
+
+    def resolve(value):
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if value is None or value == "":  # not given, or "none" (e.g. random initialisation)
+            return value
+        return absolute(value) if isinstance(value, Path) else str(absolute(value))
+
+    for name in PATH_OPTIONS & vars(args).keys():
+        setattr(args, name, resolve(getattr(args, name)))
+    return args
+
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctfm", description="CT-FM foundation-model toolkit (MONAI-native).")
@@ -92,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser(command)
-    args = parser.parse_args(argv)
+    args = absolute_path_options(parser.parse_args(argv))
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
