@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "ct_fm_pretrain"
+from benchmarks.common import BUNDLES, REPO  # noqa: E402
+
+BUNDLE = BUNDLES / "ct_fm_pretrain"
 PATCH, CROPS, SCANS = (24, 128, 128), 20, 4
 
 

@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "ct_fm_pretrain"
+from benchmarks.common import BUNDLES, REPO  # noqa: E402
+
+BUNDLE = BUNDLES / "ct_fm_pretrain"
 SCANS, CROPS, PATCH, STEPS = 2, 4, (16, 32, 32), 4
 
 
@@ -48,13 +49,13 @@ def one_config(scans_per_forward: int | None) -> dict:
 
 
 def measure(scans_per_forward) -> dict:
-    cmd = [sys.executable, __file__, "--one", json.dumps(scans_per_forward)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    cmd = [sys.executable, "-m", "benchmarks.bench_pretrain_step", "--one", json.dumps(scans_per_forward)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    sys.path.insert(0, str(REPO))
     from benchmarks.common import write_result
 
     split = measure(1)

@@ -2,7 +2,7 @@
 
 Corpus: random vectors with cluster structure (4,096 Gaussian clusters in 512-d, unit-normalised),
 standing in for CT-FM embeddings. Target: < 50 ms per single query with recall@10 >= 0.95 against
-exact search. ``python benchmarks/bench_retrieval.py --n 100000`` for a quicker run.
+exact search. ``python -m benchmarks bench_retrieval --n 100000`` for a quicker run.
 """
 
 from __future__ import annotations

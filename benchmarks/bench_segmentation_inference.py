@@ -34,10 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "ct_fm_segmentation"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks.common import BUNDLES, REPO  # noqa: E402
+
+BUNDLE = BUNDLES / "ct_fm_segmentation"
 
 PAPER_PATCH = (96, 160, 160)
 # Training crops for the agreement weights (axes S-I, P-A, L-R: the bundle's SPL order). Measured on

@@ -14,12 +14,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 status=0
 run() { echo "=== $* ==="; timeout "${LIMIT:-240}" "$PY" "$@" || { echo "FAILED ($?): $*"; status=1; }; }
-run benchmarks/gpu_pretrain.py                 # paper config 16 scans x 20 patches, bf16: steps/s, TFLOP/s, loader
+run -m benchmarks.gpu_pretrain                 # paper config 16 scans x 20 patches, bf16: steps/s, TFLOP/s, loader
 # Segmentation: fit the bundle's network to the sample CT on the GPU at the paper's patch (500 steps of
 # 0.12 s on an H200), then the authors' settings (fp32, overlap 0.625) vs tuned inference with those weights on this machine's CPU
 # (the issue's figure: seconds and label agreement) and on the GPU (the second call reuses the weights).
 SEG=(--train-steps 500 --train-device cuda --train-patch 96 160 160 --train-structures 10)
 LIMIT=430 run -m benchmarks bench_segmentation_inference "${SEG[@]}"
-run benchmarks/gpu_segmentation_inference.py "${SEG[@]}"
+run -m benchmarks.gpu_segmentation_inference "${SEG[@]}"
 run -m benchmarks bench_search                 # one-pass vs per-window semantic search (uses cuda when present)
 exit $status

@@ -7,8 +7,8 @@ memory, and whether the bundle's data loader (reading a synthetic cache with ``-
 processes) delivers batches faster than the GPU consumes them. ``--scans-per-forward`` splits the
 batch (gradients accumulated; halved automatically on out-of-memory).
 
-    python benchmarks/gpu_pretrain.py                 # on the GPU machine
-    python benchmarks/gpu_pretrain.py --smoke         # tiny, CPU: checks the script runs
+    python -m benchmarks.gpu_pretrain                 # on the GPU machine
+    python -m benchmarks.gpu_pretrain --smoke         # tiny, CPU: checks the script runs
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "ct_fm_pretrain"
-sys.path.insert(0, str(REPO))
+from benchmarks.common import BUNDLES, REPO  # noqa: E402
+
+BUNDLE = BUNDLES / "ct_fm_pretrain"
 sys.path.insert(0, str(BUNDLE))
 
 # bf16 dense tensor-core peak, TFLOP/s (vendor data sheets; SXM parts).

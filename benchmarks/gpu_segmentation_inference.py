@@ -1,18 +1,16 @@
 """The inference comparison of bench_segmentation_inference.py on the GPU (run by benchmarks/gpu.sh).
 
-    python benchmarks/gpu_segmentation_inference.py            # on a CUDA machine, paper size, random weights
-    python benchmarks/gpu_segmentation_inference.py --train-steps 500 --train-device cuda --train-patch 96 160 160
+    python -m benchmarks.gpu_segmentation_inference            # on a CUDA machine, paper size, random weights
+    python -m benchmarks.gpu_segmentation_inference --train-steps 500 --train-device cuda --train-patch 96 160 160
         # as gpu.sh runs it: weights fitted to the sample CT first (1 min on an H200), so agreement means something
-    python benchmarks/gpu_segmentation_inference.py --smoke    # anywhere: tiny size, CPU when no GPU
+    python -m benchmarks.gpu_segmentation_inference --smoke    # anywhere: tiny size, CPU when no GPU
 """
 
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_segmentation_inference import main  # noqa: E402
+from benchmarks.bench_segmentation_inference import main
 
 if __name__ == "__main__":
     if not torch.cuda.is_available() and "--smoke" not in sys.argv:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ctfm.cli.bundle_run import bundle_command, bundles_dir, run_bundle  # noqa: F401  (re-exported for tests)
+from ctfm.bundles import bundle_command, bundles_dir, run_bundle  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = bundles_dir()  # $CTFM_BUNDLES: conftest.py points it at this checkout unless it is set

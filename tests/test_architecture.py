@@ -21,7 +21,7 @@ BUNDLES = sorted(p for p in (REPO / "bundles").iterdir() if (p / "configs").is_d
 # Module names under which bundle and template code is imported (bundle root on sys.path).
 BUNDLE_PACKAGES = {"scripts", "ctfmsegresnet", "benchmarks"}
 # Modules of the CLI package that subcommands may share (argparse helpers, the dispatcher).
-CLI_SHARED = {"main", "_options", "__init__", "__main__", "bundle_run"}
+CLI_SHARED = {"main", "_options", "__init__", "__main__"}
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -124,6 +124,8 @@ def test_nothing_walks_up_from_its_own_file():
     roots = [REPO / "src", REPO / "auto3dseg_algo", REPO / "benchmarks", *BUNDLES]
     for root in roots:
         for path in python_files(root):
+            if path == REPO / "benchmarks" / "common.py":  # the benchmark harness's one anchor, like tests/
+                continue
             text = path.read_text()
             where = "__file__" in text if root == REPO / "src" else WALK_UP.search(text)
             if where:

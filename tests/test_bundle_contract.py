@@ -143,3 +143,14 @@ def test_the_contract_table_is_written_once_and_shown_in_every_bundle_readme():
     assert ids == {*TRAIN_CONTRACT, *INFERENCE_IDS} - {"resume_from"}
     for bundle in BUNDLES.values():
         assert _contract_table(bundle / "docs" / "README.md") == table, bundle.name
+
+
+def test_every_path_id_of_the_bundles_is_made_absolute_by_run_bundle():
+    """A new path id in a config must join ctfm.bundles.PATH_IDS, or a relative value would resolve in the bundle."""
+    from ctfm.bundles import PATH_IDS
+
+    path_like = re.compile(r"(^|_)(dir|path|datalist|weights|root)$|^input$")
+    found = set()
+    for config in sorted((REPO / "bundles").glob("*/configs/*.json")):
+        found |= {k for k in json.loads(config.read_text()) if "#" not in k and path_like.search(k)}
+    assert found and found <= PATH_IDS, sorted(found - PATH_IDS)

@@ -70,7 +70,7 @@ def run_demo(
     Relative paths mean the caller's working directory (the bundles run in their own folders);
     ``bundles`` is the checkout's bundles/ folder, default ``$CTFM_BUNDLES``.
     """
-    from ctfm.cli.bundle_run import bundles_dir
+    from ctfm.bundles import bundles_dir
     from ctfm.data.phantoms import write_body_phantoms, write_head_phantoms
     from ctfm.data.sample_ct import fetch_sample_ct
     from ctfm.networks import build_encoder
@@ -178,7 +178,7 @@ def overlay_step(run_dir: Path, sample, body_list: Path) -> dict[str, str]:
 
 def pretrain_step(run_dir: Path, bundles: Path, sample, body_list: Path) -> dict[str, str]:
     """Cache the real CT and the phantoms, pretrain six iterations, export the encoder in the released layout."""
-    from ctfm.cli.bundle_run import run_bundle
+    from ctfm.bundles import run_bundle
     from ctfm.pretraining.prepare import QualityFilters, prepare_cache
 
     out = run_dir / "pretrain"
@@ -204,7 +204,7 @@ def segmentation_step(
     from ctfm.registry import totalsegmentator_classes
     from ctfm.transforms import ct_fm_transforms
     from ctfm.viz import save_orthogonal_overlay
-    from ctfm.cli.bundle_run import run_bundle
+    from ctfm.bundles import run_bundle
 
     bundle, out = bundles / "ct_fm_segmentation", run_dir / "segmentation"
     tiny = {"patch_size": [32, 32, 32], "spacing": [4, 4, 4], "num_workers": 0}
@@ -230,7 +230,7 @@ def segmentation_step(
 
 def triage_step(run_dir: Path, bundles: Path, encoder_weights: Path, head_list: Path) -> dict[str, str]:
     """Train two epochs on head phantoms with and without bleeds, then evaluate on their test split."""
-    from ctfm.cli.bundle_run import run_bundle
+    from ctfm.bundles import run_bundle
 
     bundle, out = bundles / "ct_fm_triage", run_dir / "triage"
     tiny = {"spacing": [4, 4, 4], "spatial_size": [12, 16, 16], "num_workers": 0, "amp": False}

@@ -24,9 +24,8 @@ BUNDLES_ENV = "CTFM_BUNDLES"
 
 # The override ids of the three bundles' configs that name a file or folder (their configs/*.json).
 PATH_IDS = frozenset({
-    "bundle_root", "dataset_dir", "datalist", "output_dir", "ckpt_dir", "ckpt_file", "input", "image", "weights",
-    "ct_fm_weights", "resume_checkpoint", "encoder_dir", "encoder_path", "selection_datalist",
-    "selection_dataset_dir", "selection_output_dir",
+    "bundle_root", "ckpt_dir", "ckpt_path", "ct_fm_weights", "datalist", "dataset_dir", "encoder_dir", "input",
+    "output_dir", "selection_datalist", "selection_dataset_dir", "selection_output_dir",
 })  # fmt: skip
 
 
