@@ -151,7 +151,7 @@ def _faiss(required: bool):
         import faiss
     except ImportError:
         if required:
-            raise ImportError("the approximate index needs faiss: pip install faiss-cpu==1.15.1") from None
+            raise ImportError("the approximate index needs faiss: pip install 'ctfm[retrieval]'") from None
         return None
     return faiss
 

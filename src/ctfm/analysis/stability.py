@@ -53,6 +53,10 @@ def rigid_registration(test, retest, spacing: float = REGISTRATION_SPACING) -> t
         return metatensor_to_itk_image(Spacing(pixdim=(spacing,) * 3, mode="bilinear")(image).float(), channel_dim=0,
                                        dtype=np.float32)
 
+    try:  # ITK loads its modules lazily: a missing one shows up as a missing attribute
+        itk.ImageRegistrationMethodv4
+    except AttributeError:
+        raise ImportError("--register needs ITK's registration module: pip install 'ctfm[registration]'") from None
     fixed, moving = coarse(test), coarse(retest)
     image_type = type(fixed)
     transform = itk.VersorRigid3DTransform[itk.D].New()

@@ -32,8 +32,8 @@ def index_paths() -> dict[str, Path]:
     """The parquet files that ``idc-index-data`` ships: the series index and the prior-versions index."""
     try:
         import idc_index_data
-    except ImportError as err:  # pragma: no cover - a declared dependency
-        raise RuntimeError("the offline back end needs the IDC index package: pip install idc-index-data") from err
+    except ImportError as err:  # the `idc` extra
+        raise RuntimeError("the offline back end needs the IDC index: pip install 'ctfm[idc]'") from err
     paths = {
         "idc_index": Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH),
         "prior_versions_index": Path(idc_index_data.PRIOR_VERSIONS_INDEX_PARQUET_FILEPATH),
@@ -61,8 +61,8 @@ def index_release() -> int:
 def connect():
     try:
         import duckdb
-    except ImportError as err:  # pragma: no cover - a declared dependency
-        raise RuntimeError("the offline back end queries the IDC index with DuckDB: pip install duckdb") from err
+    except ImportError as err:  # the `idc` extra
+        raise RuntimeError("the offline back end queries the IDC index with DuckDB: pip install 'ctfm[idc]'") from err
     return duckdb.connect()
 
 
