@@ -1,6 +1,6 @@
 """Real sample CT, fetched from the package registries with pinned versions and sha256.
 
-The only real CT reachable here ships inside registry packages (see ``shared/reference/real_ct_data.md``):
+Real CT that installs offline-reproducibly ships inside registry packages (pinned below, with licences):
 TotalSegmentator's sdist (an abdomen CT with its reference segmentation, and a 20-slice DICOM
 series with its segmentation), TotalSegmentator's wheel (a brain CT template) and slicerio's wheel
 (a chest CT as LPS NRRD with a 7-segment ``.seg.nrrd``). :func:`fetch_sample_ct` downloads these
