@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from benchmarks.common import write_result
-from ctfm.cli.retrieve import EmbeddingIndex
+from ctfm.analysis.retrieval import EmbeddingIndex
 
 
 def clustered_corpus(n: int, d: int = 512, clusters: int = 4096, seed: int = 0) -> np.ndarray:

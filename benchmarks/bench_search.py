@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from benchmarks.common import write_result
+from ctfm.analysis.patch_embeddings import cosine_similarity, pooled_window_embeddings, window_embeddings
+from ctfm.analysis.search import DEFAULT_BOX, DEFAULT_STRIDE
 from ctfm.data.sample_ct import fetch_sample_ct
 from ctfm.networks import build_encoder
-from ctfm.patch_embeddings import cosine_similarity, pooled_window_embeddings, window_embeddings
 from ctfm.registry import EMBEDDING_SPACING
 from ctfm.transforms import preprocess
-from ctfm.cli.search import DEFAULT_BOX, DEFAULT_STRIDE
 
 
 def main() -> None:

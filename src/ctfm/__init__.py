@@ -5,10 +5,9 @@
 - :mod:`ctfm.weights`      read and write CT-FM weights in every form a user holds, strictly
 - :mod:`ctfm.transforms`   the canonical CT-FM preprocessing
 - :mod:`ctfm.validation`   checks that turn bad input into clear errors
-- :mod:`ctfm.embeddings`   512-d embeddings of volumes
 - :mod:`ctfm.viz`          figures a person can read
 - :mod:`ctfm.data`         real sample CT from the package registries, and CT-like phantoms
-- :mod:`ctfm.patch_embeddings` sliding-window (patch) embeddings, per window or from one encoder pass
+- :mod:`ctfm.analysis`     what the paper does with embeddings: retrieval, search, OCD, PCA, saliency, ...
 - :mod:`ctfm.pretraining_cache` the preprocessed HU cache that pretraining reads
 """
 

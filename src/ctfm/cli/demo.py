@@ -126,7 +126,7 @@ def run_demo(output_dir: str | Path = "demo_output", cache_dir: str | Path | Non
 
 
 def embedding_step(run_dir: Path, sample, encoder) -> dict[str, str]:
-    from ctfm.embeddings import embed_volume
+    from ctfm.analysis.embeddings import embed_volume
     from ctfm.transforms import preprocess
 
     embedding = embed_volume(encoder, preprocess(sample.abdomen_ct)).numpy()
@@ -230,8 +230,8 @@ def triage_step(run_dir: Path, encoder_weights: Path, head_list: Path) -> dict[s
 
 
 def search_and_saliency_step(run_dir: Path, sample, weights_dir: Path, encoder) -> dict[str, str]:
-    from ctfm.cli.saliency import saliency_maps
-    from ctfm.cli.search import semantic_search
+    from ctfm.analysis.saliency import saliency_maps
+    from ctfm.analysis.search import semantic_search
 
     # The point is voxel (61, 50, 56) of the abdomen NIfTI; the coarse grids keep this step near a minute.
     matches = semantic_search(

@@ -28,23 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ctfm.analysis.scans import as_volume
 from ctfm.networks import CTFMEmbedder, find_encoder
+from ctfm.registry import HU_MAX, HU_MIN
 
 STAGE_STRIDE = 16  # voxels per cell of the last encoder stage (four stride-2 convolutions)
 AGGREGATIONS = ("min", "mean", "max")
+METHODS = ("windows", "pooled")  # each window through the encoder / pooled from one whole-volume pass
 # The authors' embedding windows (scripts/3d_mir_generate_embeddings.py): 24 x 128 x 128, overlap 0.625.
 DEFAULT_WINDOW = (24, 128, 128)
 DEFAULT_OVERLAP = 0.625
-
-
-def _plain(image) -> torch.Tensor:
-    """A float tensor without MONAI metadata, channel-first (1, S, P, L)."""
-    image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-    if image.ndim == 3:
-        image = image[None]
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise ValueError(f"expected a preprocessed volume of shape (1, S, P, L), got {tuple(image.shape)}")
-    return image.float()
+BODY_HU = -500.0  # voxels above this are inside the body (not air, not lung parenchyma)
 
 
 def stride_from_overlap(window: Sequence[int], overlap: float | Sequence[float]) -> tuple[int, ...]:
@@ -97,7 +91,7 @@ def window_embeddings(
     """
     stride = tuple(stride) if stride is not None else stride_from_overlap(window, DEFAULT_OVERLAP)
     embedder = (model if isinstance(model, CTFMEmbedder) else CTFMEmbedder(find_encoder(model))).to(device).eval()
-    image = _plain(image)
+    image = as_volume(image)
     starts = window_grid(image.shape[1:], window, stride)
     padded = pad_to(image, covering_shape(image.shape[1:], window, stride))
     out = []
@@ -112,7 +106,7 @@ def window_embeddings(
 def feature_map(model: nn.Module, image, device: str | torch.device = "cpu") -> torch.Tensor:
     """The last encoder stage over the whole volume in one pass: ``(512, ceil(S/16), ceil(P/16), ceil(L/16))``."""
     encoder = find_encoder(model).to(device).eval()
-    image = _plain(image)
+    image = as_volume(image)
     shape = [int(np.ceil(n / STAGE_STRIDE)) * STAGE_STRIDE for n in image.shape[1:]]
     return encoder(pad_to(image, shape)[None].to(device))[-1][0].cpu()
 
@@ -144,7 +138,7 @@ def pooled_window_embeddings(
     more takes one pass.
     """
     check_fast_grid(window, stride)
-    image = _plain(image)
+    image = as_volume(image)
     shape = tuple(image.shape[1:])
     padded = pad_to(image, covering_shape(shape, window, stride))
     cells = [w // STAGE_STRIDE for w in window]
@@ -176,9 +170,6 @@ def cosine_similarity(query: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
     q = query / max(np.linalg.norm(query), 1e-12)
     e = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     return e @ q
-
-
-METHODS = ("windows", "pooled")
 
 
 def patch_embeddings(
@@ -214,41 +205,12 @@ def windows_to_voxels(values: np.ndarray, starts: np.ndarray, window: Sequence[i
     return out[:, : shape[0], : shape[1], : shape[2]]
 
 
+def window_body_fraction(image, starts: np.ndarray, window: Sequence[int]) -> np.ndarray:
+    """Per window, the fraction of its voxels inside the body (above -500 HU) of a preprocessed volume."""
+    body = as_volume(image)[0].numpy() > (BODY_HU - HU_MIN) / (HU_MAX - HU_MIN)  # the threshold on the 0..1 scale
+    return np.array([body[s : s + window[0], p : p + window[1], l : l + window[2]].mean() for s, p, l in starts])
+
+
 def window_centres(starts: np.ndarray, window: Sequence[int]) -> np.ndarray:
     """Voxel coordinates of the window centres (float, preprocessed grid)."""
     return starts + (np.asarray(window) - 1) / 2.0
-
-
-# ----------------------------------------------------------------------------------------------
-# From the preprocessed CT-FM grid back to the scan
-# ----------------------------------------------------------------------------------------------
-def voxel_to_world(affine, voxel) -> np.ndarray:
-    """World (RAS mm, as MONAI reads every format) of voxel coordinates ``(..., 3)``."""
-    a = np.asarray(affine, dtype=float)
-    return np.asarray(voxel, dtype=float) @ a[:3, :3].T + a[:3, 3]
-
-
-def world_to_voxel(affine, world) -> np.ndarray:
-    """Voxel coordinates of world (RAS mm) points ``(..., 3)``."""
-    a = np.linalg.inv(np.asarray(affine, dtype=float))
-    return np.asarray(world, dtype=float) @ a[:3, :3].T + a[:3, 3]
-
-
-def save_map(values: np.ndarray, grid, path, like=None, mode: str = "bilinear"):
-    """Write a voxel map ``(S, P, L)`` that lies on the preprocessed ``grid`` (a MetaTensor) as NIfTI.
-
-    With ``like`` (the scan as read, a MetaTensor from :func:`ctfm.validation.load_volume`) the map
-    is resampled onto the scan's own voxel grid (MONAI ``ResampleToMatch``), so it overlays the
-    original file in any viewer; without it, it keeps the CT-FM grid. Returns the path.
-    """
-    import nibabel as nib
-    from monai.data import MetaTensor
-    from monai.transforms import ResampleToMatch
-
-    heat = MetaTensor(torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32)[None], affine=grid.affine)
-    if like is not None:
-        heat = ResampleToMatch(mode=mode, padding_mode="zeros")(heat, img_dst=like)
-    affine = np.asarray(heat.affine, dtype=float)
-    # MONAI affines are RAS; NIfTI stores RAS too, so the array and affine are written as they are.
-    nib.save(nib.Nifti1Image(heat[0].numpy().astype(np.float32), affine), str(path))
-    return path

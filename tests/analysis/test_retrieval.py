@@ -1,19 +1,17 @@
-"""Retrieval metrics, readers, the search index and t-SNE plots (no encoder needed: fast)."""
+"""Retrieval metrics, readers, the search index, and `ctfm retrieve` (no encoder needed except the last: fast)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from ctfm.cli.retrieve import EmbeddingIndex, read_organmnist3d, retrieval_metrics
+from ctfm.analysis.retrieval import ORGANMNIST_AXES, EmbeddingIndex, read_organmnist3d, retrieval_metrics
 
-CTFM = [sys.executable, "-m", "ctfm.cli.main"]
+from ._cli import CTFM, clustered
 
 
 def test_retrieval_metrics_equal_hand_computed_values():
@@ -25,14 +23,28 @@ def test_retrieval_metrics_equal_hand_computed_values():
     assert m["hit_rate@3"] == pytest.approx(0.5) and m["hit_rate@1"] == 0.0
     # AP@3 of query 0: mean of P@2 = 1/2 and P@3 = 2/3
     assert m["ap@3"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 0) / 2)
-    # F1@3 of query 0: P = 2/3, R = 2/2 -> 0.8
-    assert m["f1@3"] == pytest.approx((0.8 + 0) / 2)
+    # the corpus-recall F1@3 of query 0: P = 2/3, R = 2/2 -> 0.8
+    assert m["f1_corpus_recall@3"] == pytest.approx((0.8 + 0) / 2)
+    # the authors' F1@3 of query 0: harmonic mean of AP@3 = 7/12 and HR@3 = 1 -> 14/19
+    assert m["f1@3"] == pytest.approx((14 / 19 + 0) / 2)
 
 
-def clustered(n, d=32, centres=20, seed=0):
-    rng = np.random.default_rng(seed)
-    c = rng.normal(size=(centres, d)).astype(np.float32)
-    return c[rng.integers(0, centres, n)] + 0.3 * rng.normal(size=(n, d)).astype(np.float32)
+def test_f1_is_the_authors_harmonic_mean_of_ap_and_hit_rate_per_query():
+    """The authors' organ_mnist.ipynb: per query F1@k = 2 AP HR / (AP + HR), then the mean over queries."""
+    corpus = np.array(["a", "a", "n", "a", "j", "n", "a"])  # 4 items of class a
+    # query 0 (a) ranks a a n a j: the authors' own ap_k example (0.92); query 1 (a) ranks n j a a n
+    neighbours = np.array([[0, 1, 2, 3, 4], [2, 4, 6, 0, 5]])
+    m = retrieval_metrics(np.array(["a", "a"]), corpus, neighbours, ks=(1, 5))
+    # query 0: AP@5 = (1/1 + 2/2 + 3/4) / 3 = 11/12, HR@5 = 1, F1@5 = 22/23
+    # query 1: AP@5 = (1/3 + 2/4) / 2 = 5/12, HR@5 = 1, F1@5 = 10/17
+    assert m["ap@5"] == pytest.approx((11 / 12 + 5 / 12) / 2)
+    assert m["hit_rate@5"] == 1.0
+    assert m["f1@5"] == pytest.approx((22 / 23 + 10 / 17) / 2)
+    assert m["precision@5"] == pytest.approx((3 / 5 + 2 / 5) / 2)
+    # corpus recall: 3/4 and 2/4 of the 4 a's -> F1 2/3 and 4/9
+    assert m["f1_corpus_recall@5"] == pytest.approx((2 / 3 + 4 / 9) / 2)
+    # k = 1: query 0 hits (AP = HR = F1 = 1), query 1 misses (all 0)
+    assert m["ap@1"] == m["hit_rate@1"] == m["f1@1"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
@@ -73,6 +85,16 @@ def test_organmnist_reader_scales_to_unit_range_and_flattens_labels(tmp_path):
         read_organmnist3d(tmp_path / "bad.npz")
 
 
+def test_organmnist_volumes_are_transposed_the_authors_way(tmp_path):
+    """The authors embed ``images.transpose(0, 3, 2, 1)``: array axis 1 of the input is MedMNIST's last axis."""
+    arrays = write_organmnist_like(tmp_path / "organmnist3d.npz")
+    assert ORGANMNIST_AXES == (0, 3, 2, 1)
+    images, _ = read_organmnist3d(tmp_path / "organmnist3d.npz", axes=ORGANMNIST_AXES)["val"]
+    np.testing.assert_allclose(images[1, 2, 5, 7], arrays["val_images"][1, 7, 5, 2] / 255.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="0 3 2 1"):
+        read_organmnist3d(tmp_path / "organmnist3d.npz", axes=(1, 0, 2, 3))
+
+
 def test_retrieve_cli_scores_3d_mir_like_tables(tmp_path):
     """3D-MIR look-alike: query q0 is nearest to c0 (cancer 1, group A), then c1, then c2."""
     e = np.eye(4, dtype=np.float32)
@@ -93,38 +115,11 @@ def test_retrieve_cli_scores_3d_mir_like_tables(tmp_path):
     assert metrics["cancer_flag"]["precision@3"] == pytest.approx(2 / 3)
     assert metrics["lesion_group"]["ap@3"] == pytest.approx((1 + 2 / 3) / 2)
     assert metrics["cancer_flag"]["precision@1"] == 1.0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["metric"] == "cosine"  # 3D-MIR: the paper's
     rows = list(csv.DictReader(open(tmp_path / "r" / "neighbours.csv")))
     assert [r["match"] for r in rows] == ["c0", "c1", "c2"]
     again = subprocess.run(out.args, capture_output=True, text=True)
     assert again.returncode == 1 and "already holds files" in again.stderr
-
-
-def test_cluster_writes_one_readable_png_per_perplexity(tmp_path):
-    emb = clustered(30, d=16, centres=3)
-    ids = [f"s{i}" for i in range(30)]
-    np.savez(tmp_path / "e.npz", embeddings=emb, ids=np.array(ids))
-    with open(tmp_path / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["scan_id", "organ"])
-        w.writerows([i, ["liver", "spleen", "kidney"][n % 3]] for n, i in enumerate(ids))
-    out = subprocess.run([*CTFM, "cluster", "--embeddings", str(tmp_path / "e.npz"), "--labels",
-                          str(tmp_path / "labels.csv"), "--label-column", "organ", "--perplexity", "5", "10", "100",
-                          "--output-dir", str(tmp_path / "t")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    pngs = sorted((tmp_path / "t").glob("tsne_perplexity_*.png"))
-    assert [p.name for p in pngs] == ["tsne_perplexity_10.png", "tsne_perplexity_5.png"]  # 100 >= 30 points: skipped
-    for p in pngs:
-        img = np.asarray(Image.open(p).convert("RGB"))
-        assert img.shape == (700, 800, 3)
-        assert (np.abs(img[..., 0].astype(int) - img[..., 2]) > 60).any()  # coloured points, not only axes
-    assert json.loads((tmp_path / "t" / "cluster.json").read_text())["skipped_perplexities"] == [100.0]
-
-
-def test_lab_to_rgb_known_colours():
-    from ctfm.cli.pca import lab_to_rgb
-
-    rgb = lab_to_rgb(np.array([[100.0, 0, 0], [0.0, 0, 0], [53.24, 80.09, 67.20]]))
-    np.testing.assert_allclose(rgb, [[1, 1, 1], [0, 0, 0], [1, 0, 0]], atol=0.01)
 
 
 @pytest.mark.slow
@@ -156,6 +151,7 @@ def test_retrieve_organmnist_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert result["n_corpus"] == 12 and result["n_queries"] == 6
+    assert result["metric"] == "l2" and result["organmnist_axes"] == [0, 3, 2, 1]  # the authors' protocol by default
     organ = result["metrics"]["organ"]
     assert organ["precision@3"] == pytest.approx(1.0) and organ["hit_rate@1"] == pytest.approx(1.0), organ
     rows = list(csv.DictReader(open(tmp_path / "r" / "neighbours.csv")))
