@@ -124,13 +124,14 @@ def feature_map(model: nn.Module, image, device: str | torch.device = "cpu", pre
 
 
 def shifted_feature_map(model, image, offset, device="cpu", precision="fp32", maps: dict | None = None) -> torch.Tensor:
-    """:func:`feature_map` of ``image`` from voxel ``offset`` on; kept in ``maps`` (when given) so a volume's pass runs once.
+    """:func:`feature_map` of ``image`` from voxel ``offset`` on, kept in ``maps`` (when given): each pass runs once.
 
     The key is the offset, the padded shape and the precision: that is the encoder's whole input, so a query box
     and a window grid over the same volume share their passes.
     """
     shifted = as_volume(image)[:, offset[0]:, offset[1]:, offset[2]:]
-    key = (tuple(int(o) for o in offset), tuple(int(np.ceil(n / STAGE_STRIDE)) for n in shifted.shape[1:]), precision)
+    cells = tuple(int(np.ceil(n / STAGE_STRIDE)) for n in shifted.shape[1:])
+    key = (tuple(int(o) for o in offset), cells, precision)
     if maps is not None and key in maps:
         return maps[key]
     fmap = feature_map(model, shifted, device=device, precision=precision)
@@ -219,13 +220,24 @@ def patch_embeddings(
     if method == "windows":
         return window_embeddings(model, image, window, stride, batch_size=batch_size, device=device, progress=progress)
     if method == "pooled":
-        return pooled_window_embeddings(model, image, window, stride, device=device, progress=progress, **pooled_options)
+        return pooled_window_embeddings(model, image, window, stride, device=device, progress=progress,
+                                        **pooled_options)
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 
 def windows_to_voxels(values: np.ndarray, starts: np.ndarray, window: Sequence[int], shape: Sequence[int]) -> np.ndarray:
     """A voxel map ``(C, *shape)`` from per-window values ``(N, C)``: each voxel gets the mean over the windows holding it."""
     values = np.asarray(values, dtype=np.float32).reshape(len(starts), -1)
+    steps = _regular_steps(starts, window)
+    if steps is not None:  # a regular grid: the map is constant on cells of one step, summed with running sums
+        counts = [len(np.unique(starts[:, a])) for a in range(3)]
+        total, count = values.reshape(*counts, -1), np.ones(counts, dtype=np.float32)
+        for axis, (w, s) in enumerate(zip(window, steps)):
+            total, count = _running_sum(total, w // s, axis), _running_sum(count, w // s, axis)
+        cells = np.moveaxis(total / count[..., None], -1, 0)
+        for axis, s in enumerate(steps):
+            cells = np.repeat(cells, s, axis=axis + 1)
+        return cells[:, : shape[0], : shape[1], : shape[2]]
     full = [int(starts[:, a].max()) + window[a] for a in range(3)]
     total = np.zeros((values.shape[1], *full), dtype=np.float32)
     count = np.zeros(full, dtype=np.float32)
@@ -235,6 +247,30 @@ def windows_to_voxels(values: np.ndarray, starts: np.ndarray, window: Sequence[i
         count[region] += 1
     out = total / np.maximum(count, 1)
     return out[:, : shape[0], : shape[1], : shape[2]]
+
+
+def _regular_steps(starts: np.ndarray, window: Sequence[int]) -> list[int] | None:
+    """The step per axis when ``starts`` is a full C-order grid from 0 whose steps divide the window, else None."""
+    axes, steps = [], []
+    for a, w in enumerate(window):
+        u = np.unique(starts[:, a])
+        s = int(u[1] - u[0]) if len(u) > 1 else int(w)
+        if s <= 0 or w % s or not np.array_equal(u, np.arange(0, u[-1] + 1, s)):
+            return None
+        axes.append(u)
+        steps.append(s)
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    return steps if grid.shape == starts.shape and np.array_equal(grid, starts) else None
+
+
+def _running_sum(a: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """Sums of ``k`` consecutive entries along ``axis`` ending at each position, the array grown by ``k - 1`` there."""
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, k - 1)
+    c = np.cumsum(np.pad(a, pad), axis=axis, dtype=np.float64)
+    earlier = np.concatenate([np.zeros_like(np.take(c, range(k), axis=axis)),
+                              np.take(c, range(c.shape[axis] - k), axis=axis)], axis=axis)  # c shifted by k
+    return (c - earlier).astype(np.float32)
 
 
 def window_body_fraction(image, starts: np.ndarray, window: Sequence[int]) -> np.ndarray:
