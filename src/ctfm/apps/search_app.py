@@ -83,7 +83,7 @@ def _holds_dicom(folder: Path) -> bool:
 
 
 def snap_to_grid(centre, box, stride, shape) -> np.ndarray:
-    """Start voxel of the window of the grid (every ``stride``, inside ``shape``) nearest the box centred on ``centre``."""
+    """Start voxel of the grid window (every ``stride``, inside ``shape``) nearest the box centred on ``centre``."""
     from ctfm.analysis.search import box_start
 
     start = box_start(centre, box, shape)
@@ -138,8 +138,7 @@ class SearchSession:
         from ctfm.analysis.scans import Scan
         from ctfm.io import root_cause
 
-        if sid not in self.paths:
-            raise RequestError(f"unknown scan {sid!r}; the app serves: {', '.join(self.paths)}", HTTPStatus.NOT_FOUND)
+        self._check_known(sid)
         with self._read_lock:
             if sid not in self._scans:
                 try:
@@ -149,13 +148,17 @@ class SearchSession:
                 self._maps[sid] = {}
             return self._scans[sid]
 
+    def _check_known(self, sid: str) -> None:
+        if sid not in self.paths:
+            raise RequestError(f"unknown scan {sid!r}; the app serves: {', '.join(self.paths)}", HTTPStatus.NOT_FOUND)
+
     def scan_info(self, sid: str) -> dict:
         scan = self.scan(sid)
         return {"id": sid, "path": str(self.paths[sid]), "shape": list(scan.image.shape[1:]),
                 "spacing": list(self.spacing)}
 
     def slice_png(self, sid: str, axis: str, index: int, window: str, job: str | None = None) -> bytes:
-        """One slice of the CT-FM grid as PNG in a CT window, the job's heatmap blended over it when ``job`` is given."""
+        """One slice of the CT-FM grid as PNG in a CT window, with the heatmap of search ``job`` blended over it."""
         from PIL import Image
 
         from ctfm.registry import HU_MAX, HU_MIN
@@ -185,8 +188,7 @@ class SearchSession:
         if not targets:
             raise RequestError("choose at least one target scan")
         for sid in [source, *targets]:
-            if sid not in self.paths:
-                raise RequestError(f"unknown scan {sid!r}; the app serves: {', '.join(self.paths)}", HTTPStatus.NOT_FOUND)
+            self._check_known(sid)
         try:
             box = tuple(int(b) for b in box)
             point = np.asarray(point, dtype=float).reshape(3)
@@ -239,7 +241,8 @@ class SearchSession:
         src = self.scan(job.source)
         start = snap_to_grid(point, job.box, self.stride, src.image.shape[1:])
         centre = start + (np.asarray(job.box) - 1) / 2.0
-        step(f"embedding the query box in {job.source}" + (" (first encoder pass over it)" if self._passes_needed(job.source) else ""))
+        first = " (a first encoder pass over it)" if self._passes_needed(job.source) else ""
+        step(f"embedding the query box in {job.source}{first}")
         query = query_embedding(self.model, src.image, centre, job.box, "pooled", device=self.device,
                                 precision=self.precision, maps=self._maps[job.source])
         job.query = {"source": job.source, "centre_grid": centre.tolist(), "start_grid": start.tolist(),
@@ -254,7 +257,8 @@ class SearchSession:
                                  progress=False, precision=self.precision, maps=self._maps[tid])
             heat = windows_to_voxels(match.similarity, match.starts, job.box, tgt.image.shape[1:])[0]
             low, high = float(heat.min()), float(heat.max())
-            job.heat[tid] = ((heat - low) / max(high - low, 1e-12)).astype(np.float16)  # min-max, as the authors show it
+            # min-max normalised, as the authors' app shows it
+            job.heat[tid] = ((heat - low) / max(high - low, 1e-12)).astype(np.float16)
             best = match.best_centre
             world = tgt.grid_to_world(best)
             job.results.append({"target": tid, "similarity": round(float(match.similarity[match.best]), 6),
@@ -268,7 +272,8 @@ def _coordinates(scan, centre) -> dict:
     from ctfm.analysis.scans import world_to_voxel
 
     world = scan.grid_to_world(centre)
-    return {"world_mm": np.round(world, 2).tolist(), "file_voxel": np.round(world_to_voxel(scan.raw.affine, world), 2).tolist()}
+    voxel = world_to_voxel(scan.raw.affine, world)
+    return {"world_mm": np.round(world, 2).tolist(), "file_voxel": np.round(voxel, 2).tolist()}
 
 
 def _plane(volume: np.ndarray, axis: str, index: int) -> np.ndarray:
@@ -331,13 +336,14 @@ def make_handler(session: SearchSession):
                 return self._send(HTTPStatus.OK, body, CONTENT_TYPES[Path(name).suffix])
             routes = {
                 "/api/config": lambda: self._json({"scans": list(session.paths), "windows": list(WINDOWS),
-                                                   "axes": list(AXES), "stride": list(session.stride), "box": list(DEFAULT_BOX),
+                                                   "axes": list(AXES), "stride": list(session.stride),
+                                                   "box": list(DEFAULT_BOX),
                                                    "precision": session.precision, "weights": session.weights}),
                 "/api/scan": lambda: self._json(session.scan_info(q.get("id", ""))),
                 "/api/job": lambda: self._json(session._job(q.get("id", "")).public()),
                 "/api/slice": lambda: self._send(HTTPStatus.OK, session.slice_png(
-                    q.get("scan", ""), q.get("axis", "axial"), _int(q.get("index", "0")), q.get("window", "soft tissue"),
-                    q.get("job") or None), "image/png"),
+                    q.get("scan", ""), q.get("axis", "axial"), _int(q.get("index", "0")),
+                    q.get("window", "soft tissue"), q.get("job") or None), "image/png"),
             }
             if url.path not in routes:
                 return self._json({"error": f"no page {url.path}"}, HTTPStatus.NOT_FOUND)
@@ -368,8 +374,8 @@ def _int(text: str) -> int:
 
 
 def serve_search_app(scans, weights, port: int = 8501, host: str = "127.0.0.1", stride=None, spacing=None,
-                     device: str = "cpu", precision: str = "bf16", ready=None) -> None:
-    """Serve the app on ``host:port`` until interrupted (Ctrl-C). ``ready`` (a callable) gets the URL once it listens."""
+                     device: str = "cpu", precision: str = "bf16") -> None:
+    """Serve the app on ``host:port`` (0: a free port) until interrupted (Ctrl-C)."""
     from ctfm.analysis.search import DEFAULT_STRIDE
     from ctfm.registry import EMBEDDING_SPACING
 
@@ -380,8 +386,6 @@ def serve_search_app(scans, weights, port: int = 8501, host: str = "127.0.0.1", 
     url = f"http://{host}:{server.server_address[1]}/"
     print(f"ctfm search app: {len(session.paths)} scans, weights {weights}, precision {precision}; open {url} "
           "(Ctrl-C stops it)", flush=True)
-    if ready:
-        ready(url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

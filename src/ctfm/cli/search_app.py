@@ -26,7 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--spacing", nargs=3, type=float, default=list(EMBEDDING_SPACING), metavar=("S", "P", "L"),
                         help="voxel size in mm of the CT-FM grid")
     parser.add_argument("--precision", choices=PRECISIONS, default="bf16",
-                        help="encoder arithmetic: bf16 autocast where the CPU/GPU has it (~2.8x faster on CPU), else fp32")
+                        help="encoder arithmetic: bf16 autocast where the CPU/GPU has it (~2.8x faster on CPU), "
+                             "else fp32")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
 
 
