@@ -103,7 +103,7 @@ class Job:
     state: str = "queued"  # queued, running, done, error
     step: int = 0
     steps: int = 1
-    message: str = "waiting for the previous search to finish"
+    message: str = "waiting for the encoder (a search before it, or scans being encoded in the background)"
     error: str | None = None
     started: float = field(default_factory=time.perf_counter)
     seconds: float | None = None
@@ -129,8 +129,9 @@ class SearchSession:
         self.model = load_pretrained(weights).to(device).eval()
         self._scans, self._maps, self.jobs = {}, {}, {}
         self._read_lock = threading.Lock()
-        self._compute = threading.Lock()  # one search at a time: the encoder uses every core
+        self._compute = threading.Lock()  # one encoder job at a time: the encoder uses every core
         self._ids = itertools.count(1)
+        self._prepared = set()
 
     # --- scans ---------------------------------------------------------------------------------
     def scan(self, sid: str):
@@ -225,6 +226,28 @@ class SearchSession:
                 if not isinstance(err, RequestError):
                     traceback.print_exc()
             job.seconds = round(time.perf_counter() - job.started, 2)
+
+    def prepare(self, sid: str) -> None:
+        """Run a scan's encoder passes in the background (the page asks when a scan is picked), so the first search
+        on it only pools. Any window size shares them; a read error is reported by the search that needs the scan."""
+        from ctfm.analysis.patch_embeddings import STAGE_STRIDE, pooled_window_embeddings
+
+        self._check_known(sid)
+        if sid in self._prepared:
+            return
+        self._prepared.add(sid)
+
+        def encode():
+            with self._compute:
+                try:
+                    print(f"[prepare] encoder passes over {sid}", flush=True)
+                    pooled_window_embeddings(self.model, self.scan(sid).image, [STAGE_STRIDE] * 3, self.stride,
+                                             device=self.device, progress=False, precision=self.precision,
+                                             maps=self._maps[sid])
+                except Exception as err:  # the search on this scan raises it again, on the page
+                    print(f"[prepare] {sid}: {err}", flush=True)
+
+        threading.Thread(target=encode, daemon=True).start()
 
     def _passes_needed(self, sid: str) -> bool:
         return not self._maps.get(sid)
@@ -350,18 +373,23 @@ def make_handler(session: SearchSession):
             self._serve(routes[url.path])
 
         def do_POST(self):
-            if urllib.parse.urlparse(self.path).path != "/api/search":
+            path = urllib.parse.urlparse(self.path).path
+            if path not in ("/api/search", "/api/prepare"):
                 return self._json({"error": f"no endpoint {self.path}"}, HTTPStatus.NOT_FOUND)
 
-            def search():
+            def post():
                 try:
                     body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                    if path == "/api/prepare":
+                        session.prepare(body["scan"])
+                        return self._json({"scan": body["scan"]}, HTTPStatus.ACCEPTED)
                     args = (body["source"], body["point"], body["targets"], body["box"])
-                except (ValueError, KeyError) as err:
-                    raise RequestError(f"a search needs JSON with source, point, targets and box ({err})") from None
+                except (ValueError, KeyError, TypeError) as err:
+                    fields = "scan" if path == "/api/prepare" else "source, point, targets and box"
+                    raise RequestError(f"{path} needs JSON with {fields} ({err})") from None
                 self._json(session.start_search(*args).public(), HTTPStatus.ACCEPTED)
 
-            self._serve(search)
+            self._serve(post)
 
     return Handler
 

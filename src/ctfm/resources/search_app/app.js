@@ -13,6 +13,9 @@ function showError(message) {
   if (message) document.body.dataset.state = "error";
 }
 
+// the server encodes a scan in the background as soon as it is picked, so the first search on it is quick
+const prepare = (id) => fetch("/api/prepare", { method: "POST", body: JSON.stringify({ scan: id }) }).catch(() => {});
+
 async function getJSON(url, options) {
   const response = await fetch(url, options);
   const body = await response.json().catch(() => ({ error: `${url}: ${response.status} ${response.statusText}` }));
@@ -173,6 +176,7 @@ function setSource() {
   $("query").textContent = "4. Click a point in the source.";
   delete $("query").dataset.point;
   state.viewers.source = new Viewer($("source-viewer"), $("source").value, "source");
+  prepare($("source").value);
   updateRunButton();
 }
 
@@ -183,7 +187,7 @@ function setTargets() {
   for (const id of wanted) {
     const viewer = keep[id];
     if (viewer) $("target-viewers").appendChild(viewer.el);
-    else state.viewers[`target:${id}`] = new Viewer($("target-viewers"), id, "target");
+    else { state.viewers[`target:${id}`] = new Viewer($("target-viewers"), id, "target"); prepare(id); }
   }
   for (const key of Object.keys(state.viewers)) {
     if (key.startsWith("target:") && !wanted.includes(key.slice(7))) delete state.viewers[key];
