@@ -112,6 +112,8 @@ def semantic_search(source, point, targets, weights, output_dir, point_space="vo
     from ctfm.weights import load_pretrained
 
     spacing = tuple(spacing or EMBEDDING_SPACING)
+    if precision != "fp32" and method != "pooled":
+        raise ValueError(f"precision {precision!r} is for the pooled method; the per-window method runs in fp32.")
     check_files_exist([{"image": p} for p in [source, *targets]], keys=("image",), where="the search inputs")
     out = new_output_dir(output_dir)
     model = encoder if encoder is not None else load_pretrained(weights)

@@ -217,7 +217,7 @@ class SearchSession:
         from ctfm.io import root_cause
 
         with self._compute:
-            job.state, job.started = "running", time.perf_counter()
+            job.state = "running"  # its time counts from the request: the wait for the encoder is felt too
             try:
                 self._search(job, point)
                 job.state, job.message = "done", "done"
