@@ -149,3 +149,21 @@ def test_search_app_in_a_browser_shows_the_cli_match_and_survives_bad_requests(p
     _search(page, ["body_000"], click=(0.3, 0.6))
     assert page.get_attribute("body", "data-state") == "done" and not page.is_visible("#error")
     assert set(_shown_matches(page)) == {"body_000"}
+
+
+def test_scans_are_listed_from_a_folder_or_a_datalist_and_the_query_box_snaps_to_the_window_grid(sample_ct):
+    from ctfm.apps.search_app import list_scans, snap_to_grid
+
+    folder = list_scans(sample_ct.abdomen_ct.parent)  # files at any depth, DICOM series folders without suffixes
+    assert folder["abdomen_ct"] == sample_ct.abdomen_ct and folder["abdomen_dicom"].is_dir()
+    assert set(list_scans(sample_ct.datalist)) == {"abdomen_ct", "abdomen_dicom", "chest_ct"}  # images only
+    box, stride, shape = (16, 64, 64), (8, 16, 16), (112, 286, 364)
+    half = (np.array(box) - 1) / 2
+    for centre in [(0, 0, 0), (57.2, 140.9, 181.6), (111, 285, 363)]:
+        start = snap_to_grid(centre, box, stride, shape)
+        assert (start % stride == 0).all() and (start + box <= shape).all()
+        # the grid window nearest the box kept inside the volume: within half a stride of it, or less than a stride
+        # at the far edge, where the last grid window inside the volume may start before the box does
+        inside = np.clip(centre, half, np.array(shape) - 1 - half)
+        near = np.array(stride) / 2 if centre[0] < 100 else np.array(stride) - 1
+        assert (np.abs(start + half - inside) <= near).all(), (centre, start)

@@ -83,7 +83,8 @@ def _holds_dicom(folder: Path) -> bool:
 
 
 def snap_to_grid(centre, box, stride, shape) -> np.ndarray:
-    """Start voxel of the grid window (every ``stride``, inside ``shape``) nearest the box centred on ``centre``."""
+    """Start voxel of the grid window (every ``stride``, inside ``shape``) nearest the box centred on ``centre``:
+    within half a stride, or less than a stride at the far edge of the volume."""
     from ctfm.analysis.search import box_start
 
     start = box_start(centre, box, shape)
