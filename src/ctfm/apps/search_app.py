@@ -254,8 +254,7 @@ class SearchSession:
         return not self._maps.get(sid)
 
     def _search(self, job: Job, point: np.ndarray) -> None:
-        from ctfm.analysis.patch_embeddings import windows_to_voxels
-        from ctfm.analysis.scans import world_to_voxel
+        from ctfm.analysis.patch_embeddings import STAGE_STRIDE
         from ctfm.analysis.search import query_embedding, search_image
 
         def step(message):
@@ -271,25 +270,36 @@ class SearchSession:
                                 precision=self.precision, maps=self._maps[job.source])
         job.query = {"source": job.source, "centre_grid": centre.tolist(), "start_grid": start.tolist(),
                      "box": list(job.box), **_coordinates(src, centre)}
+        # strides under 16 take several passes; the first one alone gives the windows every 16 voxels
+        coarse = tuple(max(s, STAGE_STRIDE) for s in self.stride)
         for n, tid in enumerate(job.targets, start=1):
             job.step = n
-            step(f"target {n}/{len(job.targets)} {tid}: " + ("reading it, then the encoder passes over it (first time)"
-                                                             if tid not in self._scans or self._passes_needed(tid)
-                                                             else "pooling its cached encoder passes"))
+            where = f"target {n}/{len(job.targets)} {tid}"
             tgt = self.scan(tid)
-            match = search_image(self.model, query, tgt.image, job.box, self.stride, "pooled", device=self.device,
-                                 progress=False, precision=self.precision, maps=self._maps[tid])
-            heat = windows_to_voxels(match.similarity, match.starts, job.box, tgt.image.shape[1:])[0]
-            low, high = float(heat.min()), float(heat.max())
-            # min-max normalised, as the authors' app shows it
-            job.heat[tid] = ((heat - low) / max(high - low, 1e-12)).astype(np.float16)
-            best = match.best_centre
-            world = tgt.grid_to_world(best)
-            job.results.append({"target": tid, "similarity": round(float(match.similarity[match.best]), 6),
-                                "centre_grid": best.tolist(), "box": list(job.box),
-                                "world_mm": np.round(world, 2).tolist(),
-                                "file_voxel": np.round(world_to_voxel(tgt.raw.affine, world), 2).tolist()})
+            options = {"device": self.device, "progress": False, "precision": self.precision, "maps": self._maps[tid]}
+            if self._passes_needed(tid) and coarse != self.stride:
+                step(f"{where}: first encoder pass over it, for a provisional match")
+                self._publish(job, tid, tgt, search_image(self.model, query, tgt.image, job.box, coarse, "pooled",
+                                                          **options), provisional=True)
+                step(f"{where}: the other encoder passes, for every window")
+            else:
+                step(f"{where}: {'encoder passes over it' if self._passes_needed(tid) else 'pooling its cached passes'}")
+            self._publish(job, tid, tgt, search_image(self.model, query, tgt.image, job.box, self.stride, "pooled",
+                                                      **options))
         job.step = job.steps
+
+    @staticmethod
+    def _publish(job: Job, tid: str, tgt, match, provisional: bool = False) -> None:
+        """Put a target's match and heatmap (min-max normalised, as the authors' app shows it) into the job."""
+        from ctfm.analysis.patch_embeddings import windows_to_voxels
+
+        heat = windows_to_voxels(match.similarity, match.starts, job.box, tgt.image.shape[1:])[0]
+        low, high = float(heat.min()), float(heat.max())
+        job.heat[tid] = ((heat - low) / max(high - low, 1e-12)).astype(np.float16)
+        result = {"target": tid, "similarity": round(float(match.similarity[match.best]), 6), "box": list(job.box),
+                  "centre_grid": match.best_centre.tolist(), "provisional": provisional,
+                  **_coordinates(tgt, match.best_centre)}
+        job.results = [r for r in job.results if r["target"] != tid] + [result]
 
 
 def _coordinates(scan, centre) -> dict:

@@ -151,16 +151,27 @@ class Viewer {
 
   show(job, result) {
     this.job = job;
+    this.shown = `${job}:${result.provisional}`;
     this.marker = { centre: result.centre_grid, box: result.box };
     this.result.innerHTML = "";
     const line = document.createElement("div");
     line.className = "match";
     line.dataset.worldMm = JSON.stringify(result.world_mm);
     line.dataset.fileVoxel = JSON.stringify(result.file_voxel);
-    line.textContent = `best match: ${fmt(result.world_mm, 2)} mm (world RAS); file voxel ${fmt(result.file_voxel)}; ` +
+    line.textContent = `${result.provisional ? "provisional match (every 16th window; refining...)" : "best match"}: ` +
+      `${fmt(result.world_mm, 2)} mm (world RAS); file voxel ${fmt(result.file_voxel)}; ` +
       `cosine similarity ${result.similarity.toFixed(3)}`;
+    if (!result.provisional) line.dataset.final = "true";
     this.result.appendChild(line);
     this.layout();
+  }
+}
+
+// each target's match as it comes: a provisional one after a new scan's first encoder pass, then the final one
+async function showResults(job, wanted) {
+  for (const result of job.results) {
+    const viewer = state.viewers[`target:${result.target}`];
+    if (viewer && wanted(viewer, result)) { await viewer.ready; viewer.show(job.id, result); }
   }
 }
 
@@ -209,6 +220,7 @@ async function runSearch() {
       $("progress-bar").max = job.steps;
       $("progress-bar").value = job.step;
       $("progress-text").textContent = `${job.message} (${job.elapsed} s)`;
+      await showResults(job, (viewer, result) => viewer.shown !== `${job.id}:${result.provisional}`);
       await new Promise((resolve) => setTimeout(resolve, 300));
       job = await getJSON(`/api/job?id=${job.id}`);
     }
@@ -221,10 +233,7 @@ async function runSearch() {
     $("query").textContent = `Query box ${q.box.join(" x ")} voxels centred at ${fmt(q.world_mm, 2)} mm ` +
       `(file voxel ${fmt(q.file_voxel)}).`;
     $("query").dataset.worldMm = JSON.stringify(q.world_mm);
-    for (const result of job.results) {
-      const viewer = state.viewers[`target:${result.target}`];
-      if (viewer) { await viewer.ready; viewer.show(job.id, result); }
-    }
+    await showResults(job, () => true);
     document.body.dataset.state = "done";
   } catch (err) {
     showError(err.message);
