@@ -173,7 +173,7 @@ class SearchSession:
         gray = np.clip((hu - (level - width / 2)) / width, 0, 1)
         rgb = np.repeat(gray[..., None], 3, axis=2)
         if job:
-            heat = self._job(job).heat.get(sid)
+            heat = self.job(job).heat.get(sid)
             if heat is None:
                 raise RequestError(f"search {job} has no heatmap for {sid!r}", HTTPStatus.NOT_FOUND)
             h = _plane(heat, axis, index).astype(np.float32)
@@ -184,7 +184,7 @@ class SearchSession:
 
     # --- searches ------------------------------------------------------------------------------
     def start_search(self, source: str, point, targets, box) -> Job:
-        """Check a search request and start it in the background; the page polls :meth:`_job`."""
+        """Check a search request and start it in the background; the page polls :meth:`job`."""
         from ctfm.analysis.patch_embeddings import check_fast_grid
 
         if not targets:
@@ -208,7 +208,7 @@ class SearchSession:
         threading.Thread(target=self._run, args=(job, point), daemon=True).start()
         return job
 
-    def _job(self, jid: str) -> Job:
+    def job(self, jid: str) -> Job:
         if jid not in self.jobs:
             raise RequestError(f"no search {jid!r} (only the last {KEEP_JOBS} are kept); run it again",
                                HTTPStatus.NOT_FOUND)
@@ -374,7 +374,7 @@ def make_handler(session: SearchSession):
                                                    "box": list(DEFAULT_BOX),
                                                    "precision": session.precision, "weights": session.weights}),
                 "/api/scan": lambda: self._json(session.scan_info(q.get("id", ""))),
-                "/api/job": lambda: self._json(session._job(q.get("id", "")).public()),
+                "/api/job": lambda: self._json(session.job(q.get("id", "")).public()),
                 "/api/slice": lambda: self._send(HTTPStatus.OK, session.slice_png(
                     q.get("scan", ""), q.get("axis", "axial"), _int(q.get("index", "0")),
                     q.get("window", "soft tissue"), q.get("job") or None), "image/png"),
