@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The bundles are not inside the installed package: the demo and the tests find this checkout's here.
 export CTFM_BUNDLES := $(CURDIR)/bundles
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test bench browser clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# The headless browser of the search app's test: Debian's chromium, which Playwright drives (it never
+# downloads a browser). Once per machine; without it that one test is skipped.
+browser:
+	test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

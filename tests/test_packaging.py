@@ -51,7 +51,8 @@ def test_help_and_info_run_from_the_installed_package(installed, tmp_path):
 def test_shipped_resources_are_readable(installed, tmp_path):
     code = (
         "from ctfm.registry import resource\n"
-        "for name in ('totalsegmentator_v2_total.json', 'idc/ct_fm_selection.sql', 'idc/paper_table_s5.csv'):\n"
+        "for name in ('totalsegmentator_v2_total.json', 'idc/ct_fm_selection.sql', 'idc/paper_table_s5.csv',\n"
+        "             'search_app/index.html', 'search_app/app.js', 'search_app/app.css'):\n"
         "    assert resource(name).read_text(), name\n"
         "print('ok')\n"
     )

@@ -60,3 +60,14 @@ def find_encoder(model: nn.Module) -> SegResEncoder:
             "Pass that submodule itself (e.g. model.encoder)."
         )
     return found[0]
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether ``device`` runs bfloat16 matrix multiplies natively (AVX512-BF16/AMX CPUs, recent GPUs); elsewhere
+    bf16 autocast would only slow the encoder down."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False

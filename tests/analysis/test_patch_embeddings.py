@@ -23,6 +23,18 @@ def test_window_grid_covers_the_volume_and_voxel_maps_average_windows():
     assert voxels[0, 0, 0] == 0 and voxels[10, 0, 0] == pytest.approx(1.5)  # windows 0 and 3 overlap there
 
 
+
+@pytest.mark.parametrize("shape, window, stride", [((37, 70, 45), (16, 64, 32), (8, 16, 16)),
+                                                    ((20, 33, 17), (16, 16, 16), (16, 16, 16))])
+def test_voxel_maps_of_a_regular_grid_equal_the_window_by_window_sum(shape, window, stride):
+    # a regular grid takes the running-sum path; the same windows in another order take the per-window loop
+    starts = window_grid(shape, window, stride)
+    values = np.random.default_rng(0).random((len(starts), 2)).astype(np.float32)
+    order = np.random.default_rng(1).permutation(len(starts))
+    fast = windows_to_voxels(values, starts, window, shape)
+    loop = windows_to_voxels(values[order], starts[order], window, shape)
+    assert fast.shape == (2, *shape) and np.allclose(fast, loop, atol=1e-6)
+
 @pytest.mark.slow
 def test_pooled_embeddings_share_the_grid_and_find_their_own_window(encoder, small_ct):
     from ctfm.transforms import preprocess

@@ -16,17 +16,9 @@ from __future__ import annotations
 import torch
 from monai.inferers import SlidingWindowInferer
 
+from ctfm.networks import bf16_supported  # shared with the library's embedding search
+
 PRECISIONS = ("bf16", "fp32")
-
-
-def bf16_supported(device: torch.device | str) -> bool:
-    """Whether ``device`` runs bfloat16 matrix multiplies natively (else autocast would only slow it down)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return False
 
 
 class AutocastSlidingWindowInferer(SlidingWindowInferer):

@@ -134,6 +134,7 @@ def run_demo(
     for name, path in outputs.items():
         print(f"  {name:26s} {path}")
     print(f"  {'manifest':26s} {run_dir / 'manifest.json'}")
+    print(f"Explore semantic search in a browser: ctfm search-app --scans {sample.datalist} --weights {weights_dir}")
     return manifest
 
 

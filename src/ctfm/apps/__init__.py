@@ -1,0 +1,1 @@
+"""Interactive apps over the library (each a small local server; the ``ctfm`` command starts them)."""
