@@ -59,7 +59,8 @@ class CTFMApp(MONAILabelApp):
             if not (path / "configs" / "inference.json").is_file():
                 raise ValueError(
                     f"{path} is not a bundle (no configs/inference.json). Pass --conf bundle_dir <folder holding "
-                    f"{name}/> or choose --conf models among: {sorted(p.parent.parent.name for p in bundle_dir.glob('*/configs/inference.json'))}."
+                    f"{name}/> or choose --conf models among: "
+                    f"{sorted(p.parent.parent.name for p in bundle_dir.glob('*/configs/inference.json'))}."
                 )
             self.bundles[name] = path
         if SEGMENTATION in self.bundles:
@@ -78,7 +79,10 @@ class CTFMApp(MONAILabelApp):
     def init_infers(self):
         infers = {}
         for name, path in self.bundles.items():
-            task = BundleInferTask(str(path), self.conf, type="classification" if name == TRIAGE else "")
+            if name == TRIAGE:  # one score per scan: nothing to restore onto the image grid
+                task = BundleInferTask(str(path), self.conf, type="classification", add_post_restore=False)
+            else:
+                task = BundleInferTask(str(path), self.conf)
             if not task.is_valid():
                 raise ValueError(f"{path}: MONAI Label cannot serve it (no models/model.pt?); see the log above.")
             infers[name] = task
