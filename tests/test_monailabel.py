@@ -42,7 +42,8 @@ TINY_INFERENCE = {"sw_batch_size": 1, "overlap": 0.0}
 TRAIN_EPOCHS = 20
 # Validated once, after the last epoch, so the checkpoint served next is the trained one (validating every epoch,
 # the best Dice over 117 classes of a few steps' model is noise, and an early model would be kept).
-TINY_TRAIN = {"val_interval": TRAIN_EPOCHS, "val_overlap": 0.0, "batch_size": 1, "warmup_epochs": 0, "checkpoint_interval": 1000,
+TINY_TRAIN = {"val_interval": TRAIN_EPOCHS, "val_overlap": 0.0, "batch_size": 1, "warmup_epochs": 0,
+              "checkpoint_interval": 1000,
               "learning_rate": 0.001}
 TINY_WIDTH = 8
 
@@ -103,7 +104,8 @@ def test_segmentation_model_refuses_a_whole_body_folder_of_another_network(whole
 
     other = tmp_path / "other"
     shutil.copytree(whole_body, other)
-    (other / "config.json").write_text(json.dumps({**json.loads((whole_body / "config.json").read_text()), "dsdepth": 1}))
+    config = json.loads((whole_body / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "dsdepth": 1}))
     with pytest.raises(WeightLoadError, match="dsdepth=1"):
         segmentation_model(other, out_channels=118, dsdepth=4)
 
@@ -129,7 +131,8 @@ def label_environment() -> Path:
 def served_bundle(root: Path) -> Path:
     """A copy of the bundle with TINY top-level ids; the bundle's own files otherwise."""
     bundle = root / "bundles" / "ct_fm_segmentation"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "runs", "predictions", "eval", "__pycache__"))
+    outputs = shutil.ignore_patterns("models", "runs", "predictions", "eval", "__pycache__")
+    shutil.copytree(BUNDLE, bundle, ignore=outputs)
     for name, extra in (("inference.json", TINY_INFERENCE), ("train.json", TINY_TRAIN)):
         path = bundle / "configs" / name
         config = json.loads(path.read_text())
@@ -205,7 +208,8 @@ def server(tmp_path_factory, sample_ct):
     torch.manual_seed(0)
     encoder = save_pretrained(build_encoder(init_filters=TINY_WIDTH), root / "ct_fm_encoder")
     port, log = free_port(), root / "server.log"
-    cmd = [str(python), "-m", "monailabel.main", "start_server", "--app", str(REPO / "monailabel_app"), "--studies", str(store["studies"]),
+    cmd = [str(python), "-m", "monailabel.main", "start_server", "--app", str(REPO / "monailabel_app"),
+           "--studies", str(store["studies"]),
            "--host", "127.0.0.1", "--port", str(port), "--conf", "models", "ct_fm_segmentation",
            "--conf", "bundle_dir", str(bundle.parent), "--conf", "ct_fm_weights", str(encoder)]
     # Scoring only when asked (MONAI Label otherwise rescores every image after each request).

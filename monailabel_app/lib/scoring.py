@@ -41,7 +41,7 @@ BODY_HU = -500.0  # voxels above it are the body (soft tissue, bone, and the lun
 
 class MCDropoutScoring(ScoringMethod):
     def __init__(self, bundle: Path, samples: int = 4, dropout: float = 0.2):
-        super().__init__(f"MC dropout (p={dropout}, {samples} samples): mean predictive entropy of each unlabelled image")
+        super().__init__(f"MC dropout (p={dropout}, {samples} samples): mean predictive entropy of each image")
         if samples < 2 or not 0 < dropout < 1:
             raise ValueError(f"mc_samples must be >= 2 and 0 < mc_dropout < 1; got {samples} and {dropout}.")
         self.bundle, self.samples, self.dropout = Path(bundle), samples, dropout
@@ -51,7 +51,8 @@ class MCDropoutScoring(ScoringMethod):
         start = time.time()
         model_ts = int(os.stat(self.model_file).st_mtime)
         device = name_to_device(request.get("device", "cuda"))
-        todo = [i for i in datastore.get_unlabeled_images() if datastore.get_image_info(i).get(MODEL_TS_KEY) != model_ts]
+        unlabelled = datastore.get_unlabeled_images()
+        todo = [i for i in unlabelled if datastore.get_image_info(i).get(MODEL_TS_KEY) != model_ts]  # new model only
         scores, failed = {}, {}
         if todo:
             network, preprocessing, inferer = self._load(device)

@@ -398,7 +398,8 @@ def segmentation_model(
     config_file = Path(weights) / CONFIG_FILENAME
     if config_file.is_file():
         config = read_config(weights)  # checks the encoder arguments and that the file is an object
-        config.update({k: v for k, v in json.loads(config_file.read_text()).items() if k in ("out_channels", "dsdepth")})
+        written = json.loads(config_file.read_text())
+        config.update({k: v for k, v in written.items() if k in ("out_channels", "dsdepth")})
         for arg, want in (("out_channels", out_channels), ("dsdepth", dsdepth)):
             if config.get(arg, want) != want:
                 raise WeightLoadError(

@@ -8,13 +8,15 @@ From the released whole-body weights (a folder with config.json + model.safetens
 from __future__ import annotations
 
 DESCRIPTION = __doc__
-EXAMPLES = """  ctfm segmentation-model --weights whole_body_segmentation/ --output bundles/ct_fm_segmentation/models/model.pt
-  ctfm segmentation-model --weights ct_fm_feature_extractor/ --encoder-only --output bundles/ct_fm_segmentation/models/model.pt
+EXAMPLES = """  ctfm segmentation-model --weights whole_body_segmentation/ \\
+      --output bundles/ct_fm_segmentation/models/model.pt
+  ctfm segmentation-model --weights ct_fm_feature_extractor/ --encoder-only \\
+      --output bundles/ct_fm_segmentation/models/model.pt
 """
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--weights", required=True, help="released whole-body folder, bundle model.pt, or encoder weights")
+    parser.add_argument("--weights", required=True, help="whole-body folder, bundle model.pt, or encoder weights")
     parser.add_argument("--output", required=True, help="the model.pt to write (never replaced without --overwrite)")
     parser.add_argument("--encoder-only", action="store_true", help="--weights holds CT-FM encoder weights only")
     parser.add_argument("--out-channels", type=int, default=118, help="outputs, background included (default 118)")
