@@ -5,6 +5,8 @@
   anything that outputs embeddings.
 - :func:`build_segmentation_network`: MONAI ``SegResNetDS`` whose ``encoder`` is the CT-FM encoder,
   so pretrained weights drop in with the ``encoder.`` prefix.
+- :class:`DropoutSegResNetDS`: the same network with channel dropout on the encoder's features, for
+  Monte Carlo dropout uncertainty (MONAI Label's epistemic scoring passes ``dropout``).
 - :func:`find_encoder`: the one ``SegResEncoder`` inside any of these (or a user's own model).
 """
 
@@ -43,10 +45,28 @@ class CTFMEmbedder(nn.Module):
         return self.pool(self.encoder(x)[-1]).flatten(1)
 
 
-def build_segmentation_network(out_channels: int, dsdepth: int = 4, **overrides) -> SegResNetDS:
-    """MONAI ``SegResNetDS`` with the CT-FM encoder topology and batch norm."""
+class DropoutSegResNetDS(SegResNetDS):
+    """``SegResNetDS`` whose decoder reads the encoder's feature maps through channel dropout.
+
+    Dropout has no parameters, so the state dict is exactly ``SegResNetDS``'s and trained weights load
+    either way. Like every dropout it acts in ``train()`` mode only; for Monte Carlo dropout keep the
+    network in ``eval()`` (batch norm on its running statistics) and put only the dropout module in ``train()``.
+    """
+
+    def __init__(self, *args, dropout: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dropout = nn.Dropout3d(dropout) if self.spatial_dims == 3 else nn.Dropout2d(dropout)
+        self.encoder.register_forward_hook(self._drop_features)
+
+    def _drop_features(self, encoder, inputs, features):
+        return [self.dropout(f) for f in features]
+
+
+def build_segmentation_network(out_channels: int, dsdepth: int = 4, dropout: float = 0.0, **overrides) -> SegResNetDS:
+    """MONAI ``SegResNetDS`` with the CT-FM encoder topology and batch norm; :class:`DropoutSegResNetDS` when
+    ``dropout`` > 0 (the argument MONAI Label sets for epistemic scoring)."""
     kwargs = {**ENCODER_CONFIG, "norm": ENCODER_NORM, "out_channels": out_channels, "dsdepth": dsdepth, **overrides}
-    return SegResNetDS(**kwargs)
+    return DropoutSegResNetDS(**kwargs, dropout=dropout) if dropout > 0 else SegResNetDS(**kwargs)
 
 
 def find_encoder(model: nn.Module) -> SegResEncoder:

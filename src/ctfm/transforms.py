@@ -24,8 +24,8 @@ from monai.transforms import (
     Orientationd,
     ScaleIntensityRanged,
     SpatialPadd,
-    Spacingd,
 )
+from monai.transforms import Spacingd as MonaiSpacingd
 
 from ctfm.io import root_cause
 from ctfm.registry import AIR_HU, EMBEDDING_SPACING, HU_MAX, HU_MIN, ORIENTATION
@@ -33,6 +33,24 @@ from ctfm.validation import LoadCTd
 
 # Axis labels of the world frame: MONAI readers return RAS+ affines (ITK's LPS is converted).
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+class Spacingd(MonaiSpacingd):
+    """MONAI's ``Spacingd``, except that it leaves alone ``<key>_*`` entries that are not dicts.
+
+    MONAI 1.5+ updates every ``<key>_*`` entry of a NIfTI input with the new metadata, as if each
+    were a ``<key>_meta_dict``; MONAI Label puts the string ``image_path`` in the data, which then
+    fails with "'str' object has no attribute 'update'".
+    """
+
+    def __call__(self, data, lazy=None):
+        d = dict(data)
+        aside = {
+            k: d.pop(k)
+            for k in list(d)
+            if isinstance(k, str) and not isinstance(d[k], dict) and any(k.startswith(f"{key}_") for key in self.keys)
+        }
+        return {**super().__call__(d, lazy=lazy), **aside}
 
 
 def hu_scaling(keys: str | Sequence[str] = "image") -> ScaleIntensityRanged:

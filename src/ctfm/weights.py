@@ -42,7 +42,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ctfm.networks import find_encoder
+from ctfm.networks import build_segmentation_network, find_encoder
 from ctfm.registry import CONFIG_FILENAME, EMBEDDING_DIM, ENCODER_CONFIG, ENCODER_NORM, WEIGHTS_FILENAME
 
 logger = logging.getLogger(__name__)
@@ -485,3 +485,50 @@ def load_pretrained(path: str | os.PathLike, require_ct_fm: bool = True) -> nn.M
     encoder = build_encoder(**config)
     load_encoder_weights(encoder, path)
     return encoder.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# A segmentation bundle's models/model.pt
+# ----------------------------------------------------------------------------------------------
+
+
+def segmentation_model(
+    weights: str | os.PathLike, out_channels: int, dsdepth: int = 4, encoder_only: bool = False, seed: int = 0
+) -> nn.Module:
+    """The CT-FM ``SegResNetDS`` with ``out_channels`` outputs, its weights from ``weights``, strictly.
+
+    ``weights`` holds the whole network: the released whole-body folder (``config.json`` +
+    ``model.safetensors``, as lighter_zoo's ``SegResNet.save_pretrained`` writes them; its
+    ``out_channels`` and ``dsdepth`` must match) or a bundle ``model.pt``. With ``encoder_only`` it
+    holds CT-FM encoder weights in any form :func:`load_encoder_weights` reads, and the decoder
+    starts from ``torch.manual_seed(seed)``.
+    """
+    torch.manual_seed(seed)
+    model = build_segmentation_network(out_channels=out_channels, dsdepth=dsdepth)
+    if encoder_only:
+        return load_encoder_weights(model, weights)
+    config_file = Path(weights) / CONFIG_FILENAME
+    if config_file.is_file():
+        config = read_config(weights)  # checks the encoder arguments and that the file is an object
+        written = json.loads(config_file.read_text())
+        config.update({k: v for k, v in written.items() if k in ("out_channels", "dsdepth")})
+        for arg, want in (("out_channels", out_channels), ("dsdepth", dsdepth)):
+            if config.get(arg, want) != want:
+                raise WeightLoadError(
+                    f"{config_file} describes a SegResNetDS with {arg}={config[arg]}, but the network to fill has "
+                    f"{arg}={want}. Use weights of the same network, or build the bundle with {arg}={config[arg]}."
+                )
+    return load_network_weights(model, weights)
+
+
+def save_model_state(model: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``torch.save`` the state dict (what a bundle's ``models/model.pt`` holds) through a temporary file;
+    an existing file is never replaced unless ``overwrite``."""
+    from ctfm.io import atomic_path
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; move it away or pass overwrite=True (CLI: --overwrite).")
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    return path

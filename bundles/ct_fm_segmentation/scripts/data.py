@@ -29,7 +29,10 @@ def few_shot(datalist: Sequence[Mapping], num_train: int | None, seed: int = 0) 
 
 
 class WriteLabelNamesd(MapTransform):
-    """Write ``<label map>.json`` next to each saved label map: every id's name and the ids present."""
+    """Write ``<label map>.json`` next to each saved label map: every id's name and the ids present.
+
+    A label map that was not saved (MONAI Label drops ``SaveImaged`` and writes the result itself) gets none.
+    """
 
     def __init__(self, keys, label_names: Mapping, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
@@ -37,6 +40,8 @@ class WriteLabelNamesd(MapTransform):
 
     def __call__(self, data):
         for key in self.key_iterator(data):
+            if "saved_to" not in data[key].meta:
+                continue
             saved = Path(data[key].meta["saved_to"])
             sidecar = saved.with_name(saved.name.split(".")[0] + ".json")
             present = [int(i) for i in np.unique(np.asarray(data[key])) if i > 0]

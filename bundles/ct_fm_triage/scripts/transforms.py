@@ -29,12 +29,11 @@ from monai.transforms import (
     Orientationd,
     ScaleIntensityRanged,
     SpatialPadd,
-    Spacingd,
 )
 from monai.utils import look_up_option
 
 from ctfm.registry import ORIENTATION
-from ctfm.transforms import RAS_LABELS
+from ctfm.transforms import RAS_LABELS, Spacingd  # keeps MONAI Label's image_path
 from ctfm.validation import LoadCTd
 
 # Window name -> (low, high) HU, each scaled to 0..1 (paper, Methods; the SinoCT authors' best setting).
