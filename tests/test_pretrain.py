@@ -320,8 +320,10 @@ def trained(cache, scans):
     datalist["training"] += [{"image": "scans/broken.npy"}, {"image": str(scans["bad"]["constant"])}]
     (cache["dir"] / "train_list.json").write_text(json.dumps(datalist))
     out = cache["dir"].parent / "run"
-    # Mild views (flip only) and a larger learning rate, so that 24 iterations show learning.
-    overrides = {**TINY, "crops_per_scan": 4, "dataset_dir": str(cache["dir"]), "output_dir": str(out),
+    # Mild views (flip only) and a larger learning rate, so that 24 iterations show learning. One joint pass:
+    # at this 16^3 patch the encoder's last stage is one voxel, so batch norm over the 2 scans of a per-view
+    # pass would normalise every feature to +-1 (at the paper's 24 x 128 x 128 it sees 2 x 8 x 8 voxels a patch).
+    overrides = {**TINY, "forward_per_view": False, "crops_per_scan": 4, "dataset_dir": str(cache["dir"]), "output_dir": str(out),
                  "datalist": str(cache["dir"] / "train_list.json"), "epochs": 1, "epoch_length": 24,
                  "checkpoint_interval": 12, "learning_rate": 1e-3,
                  "train#view_transforms": [{"_target_": "RandFlip", "spatial_axis": 0, "prob": 0.5}],
@@ -379,7 +381,7 @@ def _bundle_command(configs: list[str], overrides: dict) -> list[str]:
 def test_sigkill_then_same_command_resumes_at_the_saved_iteration_and_lr(cache, tmp_path):
     out = tmp_path / "run"
     # 2 epochs of 2 iterations; a checkpoint at iteration 3, i.e. mid-epoch 2, after one cosine lr step.
-    overrides = {**TINY, "scans_per_batch": 1, "dataset_dir": str(cache["dir"]), "output_dir": str(out),
+    overrides = {**TINY, "dataset_dir": str(cache["dir"]), "output_dir": str(out),
                  "epochs": 2, "epoch_length": 2, "checkpoint_interval": 3}
     # The bundle's scripts first, then whatever ctfm the caller uses (a source checkout on PYTHONPATH).
     pythonpath = os.pathsep.join(filter(None, [str(BUNDLE), os.environ.get("PYTHONPATH")]))
@@ -412,7 +414,7 @@ def test_sigkill_then_same_command_resumes_at_the_saved_iteration_and_lr(cache, 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(cache, tmp_path):
     out = tmp_path / "ddp"
-    overrides = {**TINY, "scans_per_batch": 1, "dataset_dir": str(cache["dir"]), "output_dir": str(out),
+    overrides = {**TINY, "dataset_dir": str(cache["dir"]), "output_dir": str(out),
                  "epochs": 1, "epoch_length": 2, "checkpoint_interval": 2}
     proc = run_torchrun(BUNDLE, ["train.json", "multi_gpu_train.json"], overrides)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -435,3 +437,29 @@ def test_checkpoint_selection_reports_dice_per_exported_encoder(trained, scans):
     assert [int(r["iteration"]) for r in rows] == [12, 24]
     assert all(0.0 <= float(r["mean_dice"]) <= 1.0 and r["cases"] == "1" for r in rows)
     assert (selection / "checkpoint_dice.png").stat().st_size > 1000
+
+
+def test_views_go_through_the_encoder_per_crop_and_view_as_the_authors_batched_them():
+    """One pass per (crop, view) over the scans (the authors'), or one pass for all: the same rows in the same
+    order; in eval mode (stored batch-norm statistics) the same values and loss, in training mode not."""
+    from scripts.losses import build_criterion
+    from scripts.model import PretrainingNetwork
+    from scripts.trainer import forward_views
+
+    torch.manual_seed(0)
+    network = PretrainingNetwork("simclr_intrasample")
+    views = torch.rand(3, 2, 2, 1, 16, 32, 32)  # 3 scans, 2 crops, 2 views
+    loss = build_criterion("simclr_intrasample")
+    network.eval()
+    with torch.no_grad():
+        per_view, joint = forward_views(network, views, True), forward_views(network, views, False)
+    assert per_view[0].shape == joint[0].shape == (12, 512) and per_view[2] is None
+    torch.testing.assert_close(per_view[1], joint[1], atol=1e-5, rtol=1e-4)
+    grouped = (3, 2, 2, -1)
+    torch.testing.assert_close(loss(per_view[1].reshape(grouped), None), loss(joint[1].reshape(grouped), None))
+    network.train()
+    with torch.no_grad():
+        per_view, joint = forward_views(network, views, True), forward_views(network, views, False)
+    assert not torch.allclose(per_view[1], joint[1], atol=1e-4)  # batch statistics differ: the choice matters
+    with pytest.raises(ValueError, match="scans_per_batch"):
+        forward_views(network, views[:1], True)
