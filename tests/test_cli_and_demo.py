@@ -42,6 +42,8 @@ def test_info_json_lists_conventions_and_117_classes():
     assert info["preprocessing"]["orientation"] == "SPL"
     classes = info["totalsegmentator_v2_classes"]
     assert len(classes) == 117 and classes["5"] == "liver" and classes["117"] == "costal_cartilages"
+    assert info["versions"]["itk-io"] and info["versions"]["monai"]  # the core reads volumes with ITK's I/O only
+    assert info["extras"] == {"idc": True, "retrieval": True, "registration": True}  # make installs every extra
 
 
 def test_bad_input_gives_one_line_error_not_a_traceback(tmp_path):
@@ -60,7 +62,7 @@ def test_bad_input_gives_one_line_error_not_a_traceback(tmp_path):
 def test_every_option_is_classified_as_a_path_or_not():
     """A new file or folder option must join PATH_OPTIONS, or its relative value would not be made absolute."""
     not_paths = {"help", "version", "command", "prefix", "device", "idc_version", "metadata_idc_version", "gcp_project",
-                 "key", "run_name", "name_a", "name_b", "id_column", "label_column", "structure"}
+                 "key", "run_name", "name_a", "name_b", "id_column", "label_column", "structure", "host"}
     for name in COMMANDS:
         sub = next(a for a in build_parser(name)._actions if a.dest == "command").choices[name]
         for action in sub._actions:
@@ -76,12 +78,12 @@ def test_relative_paths_mean_the_working_directory_they_are_typed_in(tmp_path):
 
     data, work = tmp_path / "data", tmp_path / "work"
     datalist = write_body_phantoms(data / "body", num=2, seed=0)
-    save_pretrained(build_encoder(init_filters=4), data / "tiny_weights")
+    save_pretrained(build_encoder(), data / "weights")  # the CT-FM topology: embed refuses any other
     (data / "lists").mkdir()
     datalist.rename(data / "lists" / "phantoms.json")  # elsewhere than its images: --dataset-dir is needed
     work.mkdir()
     out = subprocess.run(
-        [*CTFM, "embed", "--weights", "../data/tiny_weights", "--datalist", "../data/lists/phantoms.json",
+        [*CTFM, "embed", "--weights", "../data/weights", "--datalist", "../data/lists/phantoms.json",
          "--dataset-dir", "../data/body", "--output-dir", "embeddings"],
         cwd=work, capture_output=True, text=True, timeout=300,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 DESCRIPTION = __doc__
 EXAMPLES = """  ctfm info
@@ -16,12 +16,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--list-classes", action="store_true", help="include the 117 TotalSegmentator v2 classes")
 
 
+CORE = ("torch", "monai", "pytorch-ignite", "safetensors", "itk-io", "nibabel")
+# pyproject.toml's extras: which features this installation has.
+EXTRAS = {"idc": ("idc-index-data", "duckdb"), "retrieval": ("faiss-cpu",), "registration": ("itk-registration",)}
+
+
+def installed_version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def collect_info(list_classes: bool = False) -> dict:
     from ctfm import registry
 
     info = {
         "ctfm": version("ctfm"),
-        "versions": {p: version(p) for p in ("torch", "monai", "pytorch-ignite", "safetensors", "itk", "nibabel")},
+        "versions": {p: installed_version(p) for p in CORE},
+        "extras": {extra: all(installed_version(p) for p in packages) for extra, packages in EXTRAS.items()},
         "encoder": {"class": "monai.networks.nets.segresnet_ds.SegResEncoder", **registry.ENCODER_CONFIG,
                     "norm": registry.ENCODER_NORM, "parameters": registry.ENCODER_NUM_PARAMETERS,
                     "embedding_dim": registry.EMBEDDING_DIM},
