@@ -33,6 +33,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
