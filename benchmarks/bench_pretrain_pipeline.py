@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import BUNDLES, REPO  # noqa: E402
+from benchmarks.common import BUNDLES  # noqa: E402
 
 BUNDLE = BUNDLES / "ct_fm_pretrain"
 PATCH, CROPS, SCANS = (24, 128, 128), 20, 4

@@ -14,7 +14,6 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from benchmarks.common import BUNDLES, REPO  # noqa: E402
 

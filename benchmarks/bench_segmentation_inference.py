@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import BUNDLES, REPO  # noqa: E402
+from benchmarks.common import BUNDLES  # noqa: E402
 
 BUNDLE = BUNDLES / "ct_fm_segmentation"
 

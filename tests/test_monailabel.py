@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from ctfm.cli.main import main as ctfm_main
-from ctfm.data.phantoms import make_body_phantom, to_nifti, write_body_phantoms, write_defective_inputs
+from ctfm.data.phantoms import make_body_phantom, write_body_phantoms, write_defective_inputs
 from ctfm.networks import DropoutSegResNetDS, build_encoder, build_segmentation_network
 from ctfm.registry import TOTALSEG_NUM_CLASSES
 from ctfm.transforms import ct_fm_transforms

@@ -55,7 +55,6 @@ def select_checkpoints(
     inference_roi=None,
 ) -> Path:
     """Train a decoder on each frozen encoder and write the Dice table and plot; returns the table."""
-    import torch
     from monai.data import CacheDataset, DataLoader, load_decathlon_datalist
     from monai.transforms import Compose, RandCropByPosNegLabeld
     from monai.utils import set_determinism
