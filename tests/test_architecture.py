@@ -108,12 +108,12 @@ def test_bundle_imports_no_cli_and_no_other_bundle(bundle):
     assert not bad, "bundles reach shared code through the library only:\n" + "\n".join(bad)
 
 
-def test_template_and_benchmarks_import_no_cli():
+def test_template_app_and_benchmarks_import_no_cli():
     bad = []
-    for root in (REPO / "auto3dseg_algo", REPO / "benchmarks"):
+    for root in (REPO / "auto3dseg_algo", REPO / "monailabel_app", REPO / "benchmarks"):
         for path in python_files(root):
             bad += [f"{path.relative_to(REPO)}:{line} imports {m}" for line, m in imported_modules(path) if _is_cli(m)]
-    assert not bad, "the template and the benchmarks use the library, not the command line:\n" + "\n".join(bad)
+    assert not bad, "the template, the MONAI Label app and the benchmarks use the library, not the CLI:\n" + "\n".join(bad)
 
 
 WALK_UP = re.compile(r"__file__\)?(\.resolve\(\))?\.(parents\[|parent\.parent)")
@@ -121,7 +121,7 @@ WALK_UP = re.compile(r"__file__\)?(\.resolve\(\))?\.(parents\[|parent\.parent)")
 
 def test_nothing_walks_up_from_its_own_file():
     bad = []
-    roots = [REPO / "src", REPO / "auto3dseg_algo", REPO / "benchmarks", *BUNDLES]
+    roots = [REPO / "src", REPO / "auto3dseg_algo", REPO / "monailabel_app", REPO / "benchmarks", *BUNDLES]
     for root in roots:
         for path in python_files(root):
             if path == REPO / "benchmarks" / "common.py":  # the benchmark harness's one anchor, like tests/
