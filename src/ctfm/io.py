@@ -13,7 +13,7 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 # Single-file volume formats the ITK / NiBabel readers take; a folder is read as a DICOM series.
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -66,6 +66,97 @@ def new_output_dir(path: str | os.PathLike) -> Path:
     return path
 
 
+def as_bool(value, name: str = "overwrite") -> bool:
+    """``true``/``false`` as an option or a bundle override passes it (JSON bool, or text from the command line)."""
+    if isinstance(value, str):
+        if value.strip().lower() not in ("true", "false"):
+            raise ValueError(f"{name} must be true or false, not {value!r}.")
+        return value.strip().lower() == "true"
+    return bool(value)
+
+
+def input_ids(inputs: Iterable) -> dict[str, Path]:
+    """``{scan id: input}`` of a run's inputs (paths, or datalist items with an ``image``), in their order.
+
+    Results are named by :func:`scan_id`, so two inputs with one id (``case1.nii`` and ``case1.nii.gz``,
+    two DICOM folders ``series1`` in different parents) would write the same files: they are refused
+    here, before any work, naming both. Ids differing only in case collide too (macOS, Windows).
+    """
+    ids: dict[str, Path] = {}
+    seen: dict[str, str] = {}
+    for given in inputs:
+        path = Path(given["image"] if isinstance(given, Mapping) else given)
+        sid = scan_id(path)
+        if sid.casefold() in seen:
+            raise ValueError(
+                f"{ids[seen[sid.casefold()]]} and {path} would both write the results named {sid!r}; nothing was "
+                "written. Rename one of them, or run them into different output folders.")
+        seen[sid.casefold()] = sid
+        ids[sid] = path
+    return ids
+
+
+def refuse_existing(paths: Iterable[str | os.PathLike], overwrite=False, option: str = "--overwrite") -> list[Path]:
+    """``paths`` (the files a run is about to write), after checking that none exists unless ``overwrite``.
+
+    Called before any work, so a refused run costs nothing and an earlier result is never replaced
+    silently. ``option`` is how the user says "replace them" (``--overwrite``, or a bundle's ``--overwrite true``).
+    """
+    paths = [Path(p) for p in paths]
+    existing = [p for p in paths if p.exists()]
+    if existing and not as_bool(overwrite):
+        more = f" (and {len(existing) - 1} more of this run's outputs)" if len(existing) > 1 else ""
+        raise FileExistsError(
+            f"{existing[0]}{more} already exists; nothing was written or overwritten. Pass {option} to replace "
+            "it, or choose another output folder.")
+    return paths
+
+
+def check_outputs(inputs: Iterable, output_dir: str | os.PathLike, per_input: Sequence[str] = (),
+                  per_run: Sequence[str] = (), overwrite=False, option: str = "--overwrite") -> dict[str, Path]:
+    """The output rule of every inference tool and bundle, checked before any work; returns :func:`input_ids`.
+
+    The run writes ``per_input`` names for each input (``{id}`` is replaced by its scan id, e.g.
+    ``"{id}_seg.nii.gz"``) and ``per_run`` names once, all in ``output_dir``. Inputs whose outputs would
+    collide are refused (:func:`input_ids`), and so are outputs that exist unless ``overwrite``
+    (:func:`refuse_existing`).
+    """
+    ids = input_ids(inputs)
+    out = Path(output_dir)
+    planned = [out / name.format(id=sid) for sid in ids for name in per_input] + [out / name for name in per_run]
+    refuse_existing(planned, overwrite, option)
+    return ids
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_signature(path: str | os.PathLike) -> dict:
+    """What identifies an input without reading it: absolute path, bytes and newest modification time
+    (a DICOM folder: summed over its files). A different file under an old name gives another signature."""
+    path = absolute(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    stats = [f.stat() for f in files]
+    return {"source": str(path), "bytes": sum(s.st_size for s in stats),
+            "mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
+
+
+def user_mode(folder: bool = False) -> int:
+    """The permissions a new file (``0o666``) or folder (``0o777``) gets under the user's umask.
+
+    Files and folders made by ``tempfile`` (0o600 / 0o700) and renamed into place get these instead.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, so a kill never leaves
@@ -78,9 +169,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, user_mode())  # mkstemp made it 0o600
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -43,6 +43,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ctfm.io import file_sha256, user_mode
 from ctfm.networks import build_segmentation_network, find_encoder
 from ctfm.registry import CONFIG_FILENAME, EMBEDDING_DIM, ENCODER_CONFIG, ENCODER_NORM, WEIGHTS_FILENAME
 
@@ -85,6 +86,11 @@ def resolve_weights_file(path: str | os.PathLike) -> Path:
         f"{path} is a folder without weights: expected {WEIGHTS_FILENAME} (released layout) or models/model.pt "
         f"(MONAI bundle); it holds {found}."
     )
+
+
+def weights_sha256(path: str | os.PathLike) -> str:
+    """The identity of weights as results record it: sha256 of the file the tensors are read from."""
+    return file_sha256(resolve_weights_file(path))
 
 
 def read_state_dict(path: str | os.PathLike, shapes_only: bool = False) -> dict[str, torch.Tensor]:
@@ -418,6 +424,7 @@ def save_pretrained(
         (tmp / CONFIG_FILENAME).write_text(json.dumps(encoder_config(encoder), sort_keys=True, indent=2))
         if model_card:
             (tmp / "README.md").write_text(model_card)
+        os.chmod(tmp, user_mode(folder=True))  # mkdtemp made it 0o700
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)

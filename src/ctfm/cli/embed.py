@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from ctfm.analysis import embeddings as analysis
 
-DESCRIPTION = analysis.__doc__
+DESCRIPTION = analysis.__doc__ + """
+Exit status 1 when any scan failed (the others are embedded; see failures.csv), 0 when all are in the folder.
+"""
 EXAMPLES = """  ctfm embed --weights ct_fm_feature_extractor/ --output-dir embeddings/ scan1.nii.gz scan2.nrrd dicom_series_dir/
   ctfm embed --weights ct_fm_feature_extractor/ --output-dir embeddings/ --datalist dataset.json --dataset-dir /data
   ctfm embed --weights ct_fm_feature_extractor/ --aggregate min --output-dir embeddings_patch_min/ --datalist 3d_mir.json
@@ -25,12 +29,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--window", nargs=3, type=int, default=list(DEFAULT_WINDOW), metavar=("S", "P", "L"),
                         help="patch size in voxels with --aggregate")
     parser.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP, help="patch overlap 0..<1 with --aggregate")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="recompute scans whose embedding is already in --output-dir (needed when a new file "
+                             "has an old file's name); the folder's weights and settings must still match")
 
 
 def run(args) -> int:
-    index = analysis.embed_files(
+    done = analysis.embed_files(
         paths=args.inputs, datalist=args.datalist, dataset_dir=args.dataset_dir, weights=args.weights,
         output_dir=args.output_dir, device=args.device, aggregate=args.aggregate, window=args.window,
-        overlap=args.overlap)
-    print(f"embeddings of {len(index.read_text().splitlines()) - 1} scan(s): {index}")
-    return 0
+        overlap=args.overlap, overwrite=args.overwrite)
+    print(f"{len(done.embedded)} scan(s) embedded, {len(done.kept)} already there: {done.index}")
+    if done.failures:  # each on its own line, last: the user's terminal ends with what went wrong
+        print(f"{len(done.failures)} scan(s) failed (also in {done.index.with_name(analysis.FAILURES_FILE)}):",
+              *done.failures.values(), sep="\n", file=sys.stderr)
+    return 1 if done.failures else 0

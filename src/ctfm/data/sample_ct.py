@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from ctfm.io import user_mode
+
 __all__ = [
     "SOURCES",
     "SampleCT",
@@ -380,7 +382,7 @@ def _atomic_write_stream(dest: Path, src: IO[bytes], expected: str, what: str, s
                 fix="the archive passed its own check, so the pin table in ctfm/data/sample_ct.py is wrong; "
                 "report it",
             )
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, user_mode())  # mkstemp makes it 0o600; follow the umask
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -391,7 +393,7 @@ def _atomic_write_bytes(dest: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp_name, 0o644)
+        os.chmod(tmp_name, user_mode())
         os.replace(tmp_name, dest)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
