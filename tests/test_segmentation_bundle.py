@@ -295,3 +295,33 @@ def test_inference_input_errors_name_the_file(tmp_path):
                                                  "output_dir": str(tmp_path / "o2")}, check=False)
     assert proc.returncode != 0
     assert "two_d.nii.gz" in proc.stderr and "expected a 3-D volume" in proc.stderr
+
+
+def test_inference_never_overwrites_a_result_and_refuses_colliding_inputs(phantoms, tmp_path):
+    """An existing label map and its sidecar are refused before any work, named with the fix; --overwrite true
+    replaces them. case1.nii beside case1.nii.gz (both would write case1_seg.nii.gz) is refused naming both."""
+    import nibabel as nib
+
+    inputs, out = tmp_path / "inputs", tmp_path / "pred"
+    inputs.mkdir()
+    shutil.copy(phantoms["dir"] / "imagesTr" / "body_000.nii.gz", inputs / "case1.nii.gz")
+    run = {"input": str(inputs), "output_dir": str(out), "ckpt_path": "", "spacing": [8, 8, 8],
+           "patch_size": [32, 32, 32]}
+    first = run_bundle(BUNDLE, "inference.json", run)
+    assert sorted(p.name for p in out.iterdir()) == ["case1_seg.json", "case1_seg.nii.gz"]  # no partial file left
+    assert "scan 1 of 1" in first.stdout and str(inputs / "case1.nii.gz") in first.stdout
+    (out / "case1_seg.json").write_text("{}")  # stands for an earlier result
+
+    refused = run_bundle(BUNDLE, "inference.json", run, check=False)
+    assert refused.returncode != 0 and "scan 1 of 1" not in refused.stdout  # refused before any work
+    assert f"{out / 'case1_seg.nii.gz'} (and 1 more" in refused.stderr and "--overwrite true" in refused.stderr
+    assert (out / "case1_seg.json").read_text() == "{}"
+    run_bundle(BUNDLE, "inference.json", {**run, "overwrite": True})
+    assert json.loads((out / "case1_seg.json").read_text())["label_map"] == "case1_seg.nii.gz"
+
+    image = nib.load(inputs / "case1.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), image.affine), inputs / "case1.nii")
+    collided = run_bundle(BUNDLE, "inference.json", {**run, "output_dir": str(tmp_path / "pred2")}, check=False)
+    assert collided.returncode != 0 and not (tmp_path / "pred2").exists()
+    assert f"{inputs / 'case1.nii'} and {inputs / 'case1.nii.gz'} would both write the results named 'case1'" \
+        in collided.stderr

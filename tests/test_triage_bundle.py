@@ -137,9 +137,10 @@ def test_evaluate_writes_metrics_equal_to_sklearn(trained, head_phantoms, tmp_pa
 def test_inference_gives_probability_and_label(trained, head_phantoms, tmp_path):
     scan = head_phantoms / "images" / "head_032_bleed.nii.gz"
     out = tmp_path / "infer"
-    run_bundle(BUNDLE, "inference.json", {
+    first = run_bundle(BUNDLE, "inference.json", {
         "input": str(scan), "ckpt_path": str(trained / "model.pt"), "output_dir": str(out), **TINY,
     })
+    assert "scan 1 of 1" in first.stdout and str(scan) in first.stdout  # progress, per scan
     (record,) = json.loads((out / "predictions.json").read_text())
     assert 0.0 <= record["probability"] <= 1.0
     assert record["threshold"] == 0.5  # the paper's operating point unless --threshold is given
@@ -147,11 +148,15 @@ def test_inference_gives_probability_and_label(trained, head_phantoms, tmp_path)
     assert record["id"] == str(scan)
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert float(rows[0]["probability"]) == pytest.approx(record["probability"], abs=1e-6)
-    # A second run into the same folder is refused: nothing is overwritten.
-    again = run_bundle(BUNDLE, "inference.json", {
-        "input": str(scan), "ckpt_path": str(trained / "model.pt"), "output_dir": str(out), **TINY,
-    }, check=False)
-    assert again.returncode != 0 and "already holds predictions.csv" in again.stdout + again.stderr
+    # A second run into the same folder is refused before any work: nothing is overwritten, unless asked.
+    (out / "predictions.json").write_text("[]")
+    again = {"input": str(scan), "ckpt_path": str(trained / "model.pt"), "output_dir": str(out), **TINY}
+    refused = run_bundle(BUNDLE, "inference.json", again, check=False)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and f"{out / 'predictions.csv'} (and 1 more" in said and "--overwrite true" in said
+    assert (out / "predictions.json").read_text() == "[]" and "scan 1 of 1" not in refused.stdout
+    run_bundle(BUNDLE, "inference.json", {**again, "overwrite": True})
+    assert json.loads((out / "predictions.json").read_text()) == [record]
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from monai.metrics import DiceMetric
 
+from ctfm.io import csv_text, write_text_atomic
 from ctfm.metrics import bootstrap_ci, macro_mean_ci
 
 PER_CASE_CSV = "per_structure_dice.csv"
@@ -71,10 +72,8 @@ def write_report(
     cases, _, dice = read_per_case(raw_csv)
     names = [label_names[str(i)] for i in range(1, dice.shape[1] + 1)]
     out = Path(output_dir)
-    with open(out / PER_CASE_CSV, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["case", *names])
-        writer.writerows([[case, *(f"{v:.4f}" for v in row)] for case, row in zip(cases, dice)])
+    write_text_atomic(out / PER_CASE_CSV, csv_text(
+        ["case", *names], ([case, *(f"{v:.4f}" for v in row)] for case, row in zip(cases, dice))))
 
     column = {name: i for i, name in enumerate(names)}
     rows = [("structure", name, *bootstrap_ci(dice[:, i]), int((~np.isnan(dice[:, i])).sum())) for name, i in column.items()]
@@ -85,10 +84,9 @@ def write_report(
         rows.append(("group", group, *groups[group].values(), int((~np.isnan(sub)).any(axis=1).sum())))
     overall = dict(zip(("mean", "ci_low", "ci_high"), _ci_over_cases(dice)))
     rows.append(("all", "macro_mean", *overall.values(), len(cases)))
-    with open(out / SUMMARY_CSV, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["level", "name", "dice_mean", "ci95_low", "ci95_high", "cases_counted"])
-        writer.writerows([[*r[:2], *(f"{v:.4f}" for v in r[2:5]), r[5]] for r in rows])
+    write_text_atomic(out / SUMMARY_CSV, csv_text(
+        ["level", "name", "dice_mean", "ci95_low", "ci95_high", "cases_counted"],
+        ([*r[:2], *(f"{v:.4f}" for v in r[2:5]), r[5]] for r in rows)))
     summary = {
         "cases": len(cases),
         "macro_mean_dice": overall,
@@ -97,5 +95,5 @@ def write_report(
         "absent_rule": "a structure absent from both prediction and truth is NaN and left out of every mean",
         "per_case_csv": PER_CASE_CSV,
     }
-    (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=2))
     return summary

@@ -6,17 +6,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ctfm.io import refuse_existing
 
-def ensure_new_outputs(output_dir: str | os.PathLike, names: list[str], ckpt_path: str | None = None) -> None:
-    """Refuse to write evaluation or inference results over earlier ones; check that the model exists."""
+
+def ensure_new_outputs(output_dir: str | os.PathLike, names: list[str], ckpt_path: str | None = None,
+                       overwrite=False) -> None:
+    """Refuse to write evaluation or inference results over earlier ones unless ``overwrite``
+    (:func:`ctfm.io.refuse_existing`); check that the model exists. Both before any work."""
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(
             f"model {ckpt_path} does not exist. Pass --ckpt_path the model.pt of a training run "
             "(<train output_dir>/model.pt), or put a trained model at models/model.pt in the bundle."
         )
-    existing = [n for n in names if (Path(output_dir) / n).exists()]
-    if existing:
-        raise FileExistsError(
-            f"output_dir {output_dir} already holds {', '.join(existing)}; nothing was overwritten. "
-            "Give a new --output_dir (the default makes one per run)."
-        )
+    refuse_existing([Path(output_dir) / n for n in names], overwrite, option="--overwrite true")
