@@ -24,7 +24,7 @@ TRAIN_CONTRACT = {
 }
 LOAD_CT_FM_WEIGHTS = "$ctfm.weights.load_ct_fm_weights(@network, @ct_fm_weights)"
 MAIN_PROCESS_UNDER_TORCHRUN = "$int(os.environ['RANK']) == 0"
-INFERENCE_IDS = {"input": "@dataset_dir", "output_dir": None, "ckpt_path": None}
+INFERENCE_IDS = {"input": "@dataset_dir", "output_dir": None, "ckpt_path": None, "overwrite": False}
 OLD_IDS = ("image", "ckpt_file", "weights", "encoder_path", "resume_checkpoint", "network_with_ct_fm_weights")
 
 # Handlers that only rank 0 runs under torchrun (they log, or write files), per bundle and list.
@@ -73,12 +73,14 @@ def test_weights_are_loaded_only_through_ctfm_weights(bundle):
 def test_inference_uses_the_contract_ids(bundle):
     inference = _config(bundle, "inference.json")
     assert set(INFERENCE_IDS) <= set(inference) and inference["input"] == INFERENCE_IDS["input"]
+    assert inference["overwrite"] is INFERENCE_IDS["overwrite"] and "@overwrite" in json.dumps(inference)
     assert not set(OLD_IDS) & set(inference)
     assert "@ckpt_path" in json.dumps(inference)  # the trained weights are read from it
     assert "@input" in json.dumps(inference)
     if (BUNDLES[bundle] / "configs" / "evaluate.json").is_file() and bundle != "ct_fm_pretrain":
         evaluate = _config(bundle, "evaluate.json")
         assert evaluate["ckpt_path"] == inference["ckpt_path"] and not set(OLD_IDS) & set(evaluate)
+        assert evaluate["overwrite"] is False and "@overwrite" in json.dumps(evaluate)
 
 
 def _disabled_handlers(bundle: str, tmp_path, insert_first: bool = False) -> dict[str, set[str]]:
