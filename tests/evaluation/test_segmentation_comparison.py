@@ -39,6 +39,10 @@ def test_compare_segmentation_win_rate_and_group_means(tmp_path):
     assert (tmp_path / "cmp" / "comparison.png").stat().st_size > 10_000
     rows = list(csv.DictReader(open(tmp_path / "cmp" / "groups.csv")))
     assert [r["group"] for r in rows] == list(GROUPS)
+    # A second comparison into the same folder is refused, naming the file and the fix, unless --overwrite.
+    with pytest.raises(FileExistsError, match=r"structures.csv \(and 2 more.*--overwrite"):
+        compare_segmentation(tmp_path / "b.csv", tmp_path / "a.csv", tmp_path / "cmp")
+    assert compare_segmentation(tmp_path / "b.csv", tmp_path / "a.csv", tmp_path / "cmp", overwrite=True)["wins"] == 26
 
 
 def test_compare_segmentation_refuses_a_file_that_is_not_an_evaluation(tmp_path):

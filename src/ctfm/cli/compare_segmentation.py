@@ -18,13 +18,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--name-a", default="CT-FM", help="legend name of --a")
     parser.add_argument("--name-b", default="random init", help="legend name of --b")
     parser.add_argument("--output", required=True, help="folder for structures.csv, groups.csv, comparison.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --output")
     parser.add_argument("--label-groups", default=None,
                         help='label groups JSON, {"groups": {group: [structure, ...]}} (default: the paper\'s)')
 
 
 def run(args) -> int:
     summary = segmentation.compare_segmentation(a=args.a, b=args.b, output=args.output, name_a=args.name_a,
-                                                name_b=args.name_b, label_groups=args.label_groups)
+                                                name_b=args.name_b, label_groups=args.label_groups,
+                                                overwrite=args.overwrite)
     print(f"{args.name_a} wins on {summary['win_rate_percent']:.1f}% of {summary['structures_compared']} structures")
     for g, means in summary["groups"].items():
         print(f"  {g:10s} " + "  ".join(f"{k}: {v:.3f}" for k, v in means.items()))

@@ -19,7 +19,7 @@ import csv
 import json
 from pathlib import Path
 
-from ctfm.io import csv_text, write_text_atomic
+from ctfm.io import atomic_path, csv_text, refuse_existing, write_text_atomic
 from ctfm.metrics import macro_mean_ci
 from ctfm.registry import label_groups as paper_label_groups
 
@@ -36,14 +36,20 @@ def _read(path: Path):
     return rows[0][1:], np.array([[float(v) for v in r[1:]] for r in rows[1:]])
 
 
-def compare_segmentation(a, b, output, name_a="CT-FM", name_b="random init", label_groups=None) -> dict:
+OUTPUTS = ("structures.csv", "groups.csv", "comparison.png")
+
+
+def compare_segmentation(a, b, output, name_a="CT-FM", name_b="random init", label_groups=None,
+                         overwrite: bool = False) -> dict:
     """Write the comparison (see module docstring) and return its summary.
 
     ``label_groups``: a JSON file with ``{"groups": {group: [structure, ...]}}``; default the paper's groups.
+    An earlier comparison in ``output`` is refused unless ``overwrite``.
     """
     import numpy as np
 
     a, b, output = Path(a), Path(b), Path(output)
+    refuse_existing([output / name for name in OUTPUTS], overwrite)
     names_a, dice_a = _read(a)
     names_b, dice_b = _read(b)
     if names_a != names_b:
@@ -104,6 +110,7 @@ def _plot(path, names, diff, both, group_of, groups, group_rows, win_rate, name_
     right.set_ylabel("mean Dice (95% CI)")
     right.set_ylim(0, 1)
     right.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
