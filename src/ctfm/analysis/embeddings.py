@@ -159,6 +159,9 @@ def embed_files(paths=(), weights=None, output_dir=None, datalist=None, dataset_
             why = str(root_cause(err)) or type(root_cause(err)).__name__
             run.failures[sid] = why if str(ids[sid]) in why else f"{ids[sid]}: {why}"  # the file is always named
             tqdm.write(f"scan {n} of {len(todo)} failed: {run.failures[sid]}", file=sys.stderr)
+            if sid in stale:  # --overwrite: the old file's embedding must not stay under the new file's name
+                (out / f"{sid}.npy").unlink()
+                rows.pop(sid, None)
             continue
         with atomic_path(out / f"{sid}.npy") as tmp:  # a killed run never leaves a half file
             with open(tmp, "wb") as f:
