@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import re
 import tempfile
@@ -145,6 +146,21 @@ def source_signature(path: str | os.PathLike) -> dict:
     stats = [f.stat() for f in files]
     return {"source": str(path), "bytes": sum(s.st_size for s in stats),
             "mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
+
+
+def refuse_other_settings(settings_file: str | os.PathLike, settings: dict) -> None:
+    """A folder that a tool fills over several runs holds results of one set of weights and settings only:
+    refuse, naming every value that differs there and now, if ``settings_file`` records other ones."""
+    settings_file = Path(settings_file)
+    if not settings_file.exists():
+        return
+    old = json.loads(settings_file.read_text())
+    differ = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+    if differ:
+        said = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+        raise ValueError(f"{settings_file.parent} holds results made with other weights or settings ({said}); "
+                         "nothing was written. Use a new --output-dir for these (one folder never mixes results), "
+                         f"or the weights and settings recorded in {settings_file}.")
 
 
 def user_mode(folder: bool = False) -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 
 import numpy as np
 import pytest
 
-from ._cli import SPACING, ctfm
+from ._cli import CTFM, SPACING, ctfm
 
 
 @pytest.mark.slow
@@ -31,3 +32,12 @@ def test_ocd_on_phantoms_reports_distance_and_inside_and_resumes(weights, tmp_pa
     assert summary["ocd_cm_mean"] == pytest.approx(np.mean([float(r["ocd_cm"]) for r in rows]))
     ctfm(*args)  # resumes: nothing is searched twice
     assert len(list(csv.DictReader(open(tmp_path / "ocd" / "ocd.csv")))) == 2
+    # Other settings into the same folder would mix rows: refused, naming the values, unless --overwrite.
+    other = [*args, "--source-index", 1]
+    refused = subprocess.run([*CTFM, *map(str, other)], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1 and "source: " in refused.stderr and "body_000.nii.gz' there" in refused.stderr
+    assert json.loads((tmp_path / "ocd" / "summary.json").read_text()) == summary
+    ctfm(*other, "--overwrite")
+    assert json.loads((tmp_path / "ocd" / "summary.json").read_text())["source"].endswith("body_001.nii.gz")
+    assert {r["target"][-15:] for r in csv.DictReader(open(tmp_path / "ocd" / "ocd.csv"))} == {
+        "body_000.nii.gz", "body_002.nii.gz"}  # the earlier rows are gone, not mixed in

@@ -74,19 +74,6 @@ def embedding_settings(weights, aggregate: str | None, window, overlap: float) -
     }
 
 
-def _refuse_other_settings(settings_file: Path, settings: dict) -> None:
-    """A folder holds embeddings of one set of weights and settings only: refuse to add others."""
-    if not settings_file.exists():
-        return
-    old = json.loads(settings_file.read_text())
-    differ = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-    if differ:
-        said = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
-        raise ValueError(f"{settings_file.parent} holds embeddings made with other weights or settings ({said}); "
-                         "nothing was written. Use a new --output-dir for these (one folder never mixes "
-                         f"embeddings), or the weights and settings recorded in {settings_file}.")
-
-
 def _read_index(index: Path) -> dict[str, dict]:
     if not index.exists():
         return {}
@@ -110,7 +97,8 @@ def embed_files(paths=(), weights=None, output_dir=None, datalist=None, dataset_
     from ctfm.analysis.patch_embeddings import aggregate as reduce_patches
     from ctfm.analysis.patch_embeddings import stride_from_overlap, window_embeddings
     from ctfm.analysis.scans import datalist_entries
-    from ctfm.io import as_bool, atomic_path, csv_text, input_ids, root_cause, source_signature, write_text_atomic
+    from ctfm.io import (as_bool, atomic_path, csv_text, input_ids, refuse_other_settings, root_cause,
+                         source_signature, write_text_atomic)
     from ctfm.transforms import preprocess
     from ctfm.validation import check_files_exist
     from ctfm.weights import load_pretrained
@@ -124,7 +112,7 @@ def embed_files(paths=(), weights=None, output_dir=None, datalist=None, dataset_
     ids = input_ids(paths)
     out = Path(output_dir)
     settings = embedding_settings(weights, aggregate, window, overlap)
-    _refuse_other_settings(out / SETTINGS_FILE, settings)
+    refuse_other_settings(out / SETTINGS_FILE, settings)
     index_file = out / INDEX_FILE
     rows = _read_index(index_file)
     signatures = {sid: source_signature(p) for sid, p in ids.items()}

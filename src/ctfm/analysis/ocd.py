@@ -22,6 +22,7 @@ import numpy as np
 
 from ctfm.analysis.search import DEFAULT_BOX, DEFAULT_STRIDE
 
+SETTINGS_FILE = "ocd_settings.json"  # weights sha256 and every setting: one folder never mixes two
 FIELDS = ["target", "ocd_cm", "inside", "similarity", "match_x_mm", "match_y_mm", "match_z_mm",
           "centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]
 
@@ -52,17 +53,21 @@ def label_centroid_world(label, structure: int) -> np.ndarray | None:
 
 def organ_centroid_distance(datalist, weights, output_dir, dataset_dir=None, structure="heart", source_index=0,
                             box=DEFAULT_BOX, stride=DEFAULT_STRIDE, method="pooled", spacing=None, batch_size=8,
-                            device="cpu", encoder=None) -> dict:
-    """OCD (cm) and inside rate over a datalist (module docstring); resumes from ``ocd.csv``; returns the summary."""
+                            device="cpu", encoder=None, overwrite: bool = False) -> dict:
+    """OCD (cm) and inside rate over a datalist (module docstring); resumes from ``ocd.csv``; returns the summary.
+
+    ``ocd_settings.json`` records the weights' sha256 and every setting; a rerun with others into the same
+    folder is refused (its rows would be mixed with these). ``overwrite`` starts the folder over instead.
+    """
     from tqdm import tqdm
 
     from ctfm.analysis.scans import Scan, datalist_entries, world_to_voxel
     from ctfm.analysis.search import query_embedding, search_image
-    from ctfm.io import write_text_atomic
+    from ctfm.io import absolute, csv_text, refuse_other_settings, write_text_atomic
     from ctfm.metrics import bootstrap_ci
     from ctfm.registry import EMBEDDING_SPACING
     from ctfm.validation import check_files_exist, load_volume
-    from ctfm.weights import load_pretrained
+    from ctfm.weights import load_pretrained, weights_sha256
 
     spacing = tuple(spacing or EMBEDDING_SPACING)
     sid_label = structure_id(structure)
@@ -73,42 +78,44 @@ def organ_centroid_distance(datalist, weights, output_dir, dataset_dir=None, str
         raise ValueError(f"--source-index {source_index} is outside 0..{len(cases) - 1} ({datalist} has {len(cases)} entries).")
     check_files_exist(cases, where=str(datalist))
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table = out / "ocd.csv"
+    table, settings_file = out / "ocd.csv", out / SETTINGS_FILE
+    source = cases[source_index]
+    settings = {"weights_sha256": weights_sha256(weights) if encoder is None else None, "datalist": str(absolute(datalist)),
+                "source": str(source["image"]), "structure_id": sid_label, "box": list(box), "stride": list(stride),
+                "method": method, "spacing": list(spacing)}
+    if not overwrite:
+        refuse_other_settings(settings_file, settings)
     done = {}
-    if table.exists():
+    if table.exists() and not overwrite:
         with open(table) as f:
             done = {row["target"]: row for row in csv.DictReader(f)}
-    source = cases[source_index]
     src_centroid = label_centroid_world(load_volume(source["label"]), sid_label)
     if src_centroid is None:
         raise ValueError(f"the source label map {source['label']} holds no voxel of structure {structure!r} "
                          f"(id {sid_label}); pick another --source-index.")
     model = encoder if encoder is not None else load_pretrained(weights)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(settings_file, json.dumps(settings, indent=2) + "\n")
+    write_text_atomic(table, csv_text(FIELDS, done.values()))  # --overwrite: the earlier rows go now
     src = Scan.read(source["image"], spacing)
     query = query_embedding(model, src.image, src.world_to_grid(src_centroid), box, method, device=device)
     targets = [c for i, c in enumerate(cases) if i != source_index and str(c["image"]) not in done]
-    with open(table, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if not done:
-            writer.writeheader()
-        for case in tqdm(targets, desc="OCD targets", unit="scan"):
-            label = load_volume(case["label"])
-            centroid = label_centroid_world(label, sid_label)
-            if centroid is None:
-                continue  # the structure is not in this scan's field of view
-            tgt = Scan.read(case["image"], spacing)
-            match = search_image(model, query, tgt.image, box, stride, method, device=device, batch_size=batch_size,
-                                 progress=False)
-            world = tgt.grid_to_world(match.best_centre)
-            voxel = np.clip(np.round(world_to_voxel(label.affine, world)).astype(int), 0, np.array(label.shape[1:]) - 1)
-            writer.writerow({"target": str(case["image"]), "ocd_cm": round(float(np.linalg.norm(world - centroid)) / 10, 4),
-                             "inside": int(label[0][tuple(voxel)] == sid_label),
-                             "similarity": round(float(match.similarity[match.best]), 6),
-                             **dict(zip(FIELDS[4:7], np.round(world, 2))), **dict(zip(FIELDS[7:], np.round(centroid, 2)))})
-            f.flush()  # each finished target survives a kill
-    with open(table) as f:
-        rows = list(csv.DictReader(f))
+    rows = list(done.values())
+    for case in tqdm(targets, desc="OCD targets", unit="scan"):
+        label = load_volume(case["label"])
+        centroid = label_centroid_world(label, sid_label)
+        if centroid is None:
+            continue  # the structure is not in this scan's field of view
+        tgt = Scan.read(case["image"], spacing)
+        match = search_image(model, query, tgt.image, box, stride, method, device=device, batch_size=batch_size,
+                             progress=False)
+        world = tgt.grid_to_world(match.best_centre)
+        voxel = np.clip(np.round(world_to_voxel(label.affine, world)).astype(int), 0, np.array(label.shape[1:]) - 1)
+        rows.append({"target": str(case["image"]), "ocd_cm": round(float(np.linalg.norm(world - centroid)) / 10, 4),
+                     "inside": int(label[0][tuple(voxel)] == sid_label),
+                     "similarity": round(float(match.similarity[match.best]), 6),
+                     **dict(zip(FIELDS[4:7], np.round(world, 2))), **dict(zip(FIELDS[7:], np.round(centroid, 2)))})
+        write_text_atomic(table, csv_text(FIELDS, rows))  # after each target: a kill loses none, and no half row
     ocd = np.array([float(r["ocd_cm"]) for r in rows])
     mean, low, high = bootstrap_ci(ocd)
     summary = {"structure": structure, "structure_id": sid_label, "source": str(source["image"]),

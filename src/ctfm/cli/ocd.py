@@ -17,13 +17,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--structure", default="heart", help="TotalSegmentator v2 name or id of the structure")
     parser.add_argument("--source-index", type=int, default=0, help="which entry (in list order) is the source scan")
     add_window_arguments(parser, box=analysis.DEFAULT_BOX, stride=analysis.DEFAULT_STRIDE)
-    parser.add_argument("--output-dir", required=True, help="folder for ocd.csv and summary.json (reused to resume)")
+    parser.add_argument("--output-dir", required=True,
+                        help="folder for ocd.csv and summary.json (reused to resume with the same weights and settings)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start --output-dir over, replacing its results (needed for other weights or settings)")
 
 
 def run(args) -> int:
     summary = analysis.organ_centroid_distance(datalist=args.datalist, dataset_dir=args.dataset_dir,
                                                structure=args.structure, source_index=args.source_index,
-                                               output_dir=args.output_dir, **window_options(args))
+                                               output_dir=args.output_dir, overwrite=args.overwrite,
+                                               **window_options(args))
     print(f"OCD {summary['ocd_cm_mean']:.2f} +- {summary['ocd_cm_sd']:.2f} cm, inside rate "
           f"{summary['inside_rate']:.3f} over {summary['n_targets']} target(s): {args.output_dir}/summary.json")
     return 0
