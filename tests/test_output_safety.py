@@ -62,3 +62,30 @@ def test_written_files_and_weight_folders_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "result.csv").stat().st_mode) == 0o640
     assert stat.S_IMODE(folder.stat().st_mode) == 0o750  # not tempfile's 0o700
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.csv", "weights"]  # no temporary left
+
+
+@pytest.mark.slow
+def test_checkpoint_selection_never_mixes_settings_or_changed_encoders_in_one_table(tmp_path):
+    """`ctfm select-checkpoint` resumes a table: a rerun with other settings, or an encoder folder retrained in
+    place, is refused before any work (naming the value or the folder) unless overwrite starts the table over."""
+    from ctfm.data.phantoms import write_body_phantoms
+    from ctfm.io import file_sha256
+    from ctfm.networks import build_encoder
+    from ctfm.pretraining.select import read_table, select_checkpoints
+    from ctfm.weights import save_pretrained
+
+    datalist = write_body_phantoms(tmp_path / "body", num=2, seed=0, spacing=(3.0, 3.0, 3.0), shape=(24, 48, 48))
+    encoder = save_pretrained(build_encoder(), tmp_path / "encoders" / "iteration_00000001")
+    run = {"encoders": tmp_path / "encoders", "datalist": datalist, "output_dir": tmp_path / "selection",
+           "iterations": 1, "patch_size": (16, 32, 32), "inference_roi": (16, 64, 64)}
+    table = select_checkpoints(**run)
+    rows = read_table(table)
+    assert len(rows) == 1 and rows[0]["weights_sha256"] == file_sha256(encoder / "model.safetensors")
+    with pytest.raises(ValueError, match="iterations: 1 there, 2 now"):
+        select_checkpoints(**{**run, "iterations": 2})
+    save_pretrained(build_encoder(), encoder, overwrite=True)  # retrained in place: other weights, same folder
+    with pytest.raises(ValueError, match=f"Dice of {encoder} with other weights"):
+        select_checkpoints(**run)
+    assert read_table(table) == rows
+    select_checkpoints(**run, overwrite=True)
+    assert [r["weights_sha256"] for r in read_table(table)] == [file_sha256(encoder / "model.safetensors")]

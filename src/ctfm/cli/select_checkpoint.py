@@ -24,6 +24,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="decoder learning rate (AdamW)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda:0")
     parser.add_argument("--seed", type=int, default=0, help="the same for every encoder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the table in --output-dir over (needed for other settings or changed encoders)")
 
 
 def run(args) -> int:
@@ -31,7 +33,7 @@ def run(args) -> int:
         encoders=args.encoders, datalist=args.datalist, output_dir=args.output_dir, dataset_dir=args.dataset_dir,
         iterations=args.iterations, patch_size=tuple(args.patch_size), num_classes=args.num_classes,
         batch_size=args.batch_size, learning_rate=args.learning_rate, device=args.device, seed=args.seed,
-        inference_roi=tuple(args.inference_roi) if args.inference_roi else None,
+        inference_roi=tuple(args.inference_roi) if args.inference_roi else None, overwrite=args.overwrite,
     )
     rows = select.read_table(table)
     best = max(rows, key=lambda r: float(r["mean_dice"]))

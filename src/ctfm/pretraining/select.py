@@ -5,7 +5,9 @@ or any CT-FM weights), the encoder is frozen inside a MONAI ``SegResNetDS``, its
 trained on a small labelled set for the same fixed budget (same seed, same crops), and the Dice on
 held-out cases is measured with sliding-window inference. The result is a table
 (``checkpoint_dice.csv``) and a plot (``checkpoint_dice.png``) of Dice against training iteration.
-Encoders already in the table are skipped, so a killed run continues.
+Encoders already in the table (same folder, same weights sha256) are skipped, so a killed run
+continues; a rerun with other settings into the same folder, or an encoder folder whose weights
+changed since its row was written, is refused unless ``overwrite`` (which starts the table over).
 
 Labels are class ids (TotalSegmentator v2 by default: 117 classes + background); the preprocessing
 is the canonical CT-FM one (SPL, 3 x 1 x 1 mm, foreground crop, HU scaling).
@@ -14,12 +16,14 @@ is the canonical CT-FM one (SPL, 3 x 1 x 1 mm, foreground crop, HU scaling).
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from pathlib import Path
 
 TABLE, PLOT = "checkpoint_dice.csv", "checkpoint_dice.png"
-COLUMNS = ("encoder", "iteration", "mean_dice", "cases")
+SETTINGS_FILE = "selection_settings.json"  # every setting: one table never mixes Dice of two protocols
+COLUMNS = ("encoder", "iteration", "mean_dice", "cases", "weights_sha256")
 
 
 def find_encoders(paths) -> list[Path]:
@@ -53,6 +57,7 @@ def select_checkpoints(
     device: str = "cpu",
     seed: int = 0,
     inference_roi=None,
+    overwrite: bool = False,
 ) -> Path:
     """Train a decoder on each frozen encoder and write the Dice table and plot; returns the table."""
     from monai.data import CacheDataset, DataLoader, load_decathlon_datalist
@@ -60,8 +65,10 @@ def select_checkpoints(
     from monai.utils import set_determinism
     from tqdm import tqdm
 
+    from ctfm.io import absolute, csv_text, refuse_other_settings, write_text_atomic
     from ctfm.transforms import ct_fm_transforms
     from ctfm.validation import check_files_exist
+    from ctfm.weights import weights_sha256
 
     encoders = find_encoders([encoders] if isinstance(encoders, (str, os.PathLike)) else encoders)
     base = str(dataset_dir or Path(datalist).parent)
@@ -69,11 +76,25 @@ def select_checkpoints(
     val_items = load_decathlon_datalist(str(datalist), True, "validation", base)
     check_files_exist(train_items + val_items, where=str(datalist))
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     table = out / TABLE
-    done = {r["encoder"] for r in read_table(table)}
+    settings = {"datalist": str(absolute(datalist)), "dataset_dir": str(absolute(base)), "iterations": iterations,
+                "patch_size": list(patch_size), "inference_roi": list(inference_roi or patch_size),
+                "num_classes": num_classes, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed}
+    rows = [] if overwrite else read_table(table)
+    if not overwrite:
+        refuse_other_settings(out / SETTINGS_FILE, settings)
+    sha = {str(e): weights_sha256(e) for e in encoders}
+    changed = [r["encoder"] for r in rows if r["encoder"] in sha and r.get("weights_sha256") != sha[r["encoder"]]]
+    if changed:
+        raise ValueError(f"{table} holds the Dice of {changed[0]} with other weights than it holds now (its files "
+                         "changed since); nothing was written. Pass --overwrite to start the table over, or use a "
+                         "new --output-dir.")
+    done = {r["encoder"] for r in rows}
     todo = [e for e in encoders if str(e) not in done]
     print(f"{len(encoders)} encoder(s), {len(encoders) - len(todo)} already in {table}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+    write_text_atomic(table, csv_text(COLUMNS, rows))  # overwrite: the earlier rows go now
 
     prep = ct_fm_transforms(label_key="label", min_size=patch_size)  # read once, reused for every encoder
     keys = ["image", "label"]
@@ -86,14 +107,9 @@ def select_checkpoints(
         loader = DataLoader(train_ds, batch_size=1, shuffle=True, num_workers=0)
         net = _train_decoder(encoder_path, loader, iterations, num_classes, learning_rate, device)
         dice = _evaluate(net, val_ds, inference_roi or patch_size, num_classes, device)
-        row = {"encoder": str(encoder_path), "iteration": _iteration(encoder_path), "mean_dice": f"{dice:.4f}",
-               "cases": len(val_ds)}
-        new = not table.exists()
-        with open(table, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        rows.append({"encoder": str(encoder_path), "iteration": _iteration(encoder_path), "mean_dice": f"{dice:.4f}",
+                     "cases": len(val_ds), "weights_sha256": sha[str(encoder_path)]})
+        write_text_atomic(table, csv_text(COLUMNS, rows))  # after each encoder: a kill loses none, no half row
         print(f"  {encoder_path.name}: mean Dice {dice:.4f}")
     set_determinism(None)
     _plot(read_table(table), out / PLOT)
@@ -155,6 +171,8 @@ def read_table(table: Path) -> list[dict]:
 def _plot(rows: list[dict], path: Path) -> Path:
     import matplotlib
 
+    from ctfm.io import atomic_path
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -170,7 +188,8 @@ def _plot(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("few-shot mean Dice (frozen encoder)")
     ax.set_title("Checkpoint selection")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
 
