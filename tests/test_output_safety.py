@@ -30,7 +30,8 @@ def test_existing_outputs_are_refused_unless_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match=r"case2_seg.json already exists; nothing was written.*--overwrite true"):
         check_outputs(["case1.nii.gz", "case2.nii.gz"], tmp_path, **planned, option="--overwrite true")
     for yes in (True, "true", "True"):  # as a bundle override passes it
-        assert list(check_outputs(["case1.nii.gz", "case2.nii.gz"], tmp_path, **planned, overwrite=yes)) == ["case1", "case2"]
+        ids = check_outputs(["case1.nii.gz", "case2.nii.gz"], tmp_path, **planned, overwrite=yes)
+        assert list(ids) == ["case1", "case2"]
     with pytest.raises(ValueError, match="overwrite must be true or false"):
         refuse_existing([tmp_path / "case2_seg.json"], overwrite="yes")
     assert (tmp_path / "case2_seg.json").read_text() == "{}"

@@ -80,8 +80,9 @@ def organ_centroid_distance(datalist, weights, output_dir, dataset_dir=None, str
     out = Path(output_dir)
     table, settings_file = out / "ocd.csv", out / SETTINGS_FILE
     source = cases[source_index]
-    settings = {"weights_sha256": weights_sha256(weights) if encoder is None else None, "datalist": str(absolute(datalist)),
-                "source": str(source["image"]), "structure_id": sid_label, "box": list(box), "stride": list(stride),
+    settings = {"weights_sha256": weights_sha256(weights) if encoder is None else None,
+                "datalist": str(absolute(datalist)), "source": str(source["image"]), "structure_id": sid_label,
+                "box": list(box), "stride": list(stride),
                 "method": method, "spacing": list(spacing)}
     if not overwrite:
         refuse_other_settings(settings_file, settings)

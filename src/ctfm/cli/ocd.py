@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--source-index", type=int, default=0, help="which entry (in list order) is the source scan")
     add_window_arguments(parser, box=analysis.DEFAULT_BOX, stride=analysis.DEFAULT_STRIDE)
     parser.add_argument("--output-dir", required=True,
-                        help="folder for ocd.csv and summary.json (reused to resume with the same weights and settings)")
+                        help="folder for ocd.csv and summary.json (reused to resume, same weights and settings)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start --output-dir over, replacing its results (needed for other weights or settings)")
 
