@@ -35,7 +35,7 @@ from monai.data import load_decathlon_datalist
 from monai.metrics import DiceMetric, SurfaceDistanceMetric
 from monai.networks.utils import one_hot
 
-from ctfm.io import VOLUME_SUFFIXES, csv_text, write_text_atomic
+from ctfm.io import VOLUME_SUFFIXES, csv_text, refuse_existing, write_text_atomic
 from ctfm.metrics import N_BOOTSTRAP, bootstrap_ci
 from ctfm.validation import check_same_grid, load_volume
 
@@ -90,8 +90,7 @@ def evaluate_tumour(
 ) -> dict:
     """Evaluate one run (see the module docstring); writes and returns the summary."""
     datalist, predictions, output_dir = Path(datalist), Path(predictions), Path(output_dir)
-    if (output_dir / SUMMARY).exists() and not overwrite:
-        raise FileExistsError(f"{output_dir / SUMMARY} already exists; choose another --output-dir or pass --overwrite.")
+    refuse_existing([output_dir / PER_CASE, output_dir / SUMMARY], overwrite)
     if not predictions.is_dir():
         raise FileNotFoundError(f"{predictions}: no such folder of predicted label maps.")
     cases = load_decathlon_datalist(str(datalist), True, key, str(dataroot or datalist.parent))
