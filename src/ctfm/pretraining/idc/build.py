@@ -7,11 +7,11 @@ import shlex
 from collections import Counter
 from pathlib import Path
 
-from ctfm.io import write_text_atomic
+from ctfm.io import refuse_existing, write_text_atomic
 from ctfm.pretraining.idc.bigquery import render_bigquery_sql, select_bigquery
 from ctfm.pretraining.idc.criteria import APPLIED, CRITERIA, PAPER_IDC_VERSION, PAPER_TOTALS
 from ctfm.pretraining.idc.layout import with_local_paths
-from ctfm.pretraining.idc.manifest import S5CMD_COMMAND, check_outputs_free, write_manifest_csv, write_s5cmd_manifest
+from ctfm.pretraining.idc.manifest import S5CMD_COMMAND, write_manifest_csv, write_s5cmd_manifest
 from ctfm.pretraining.idc.offline import select_offline
 from ctfm.pretraining.idc.table_s5 import compare_with_paper, load_paper_table_s5, write_comparison_csv
 
@@ -60,7 +60,7 @@ def build_manifest(
     output_dir = Path(output_dir).expanduser()
     download_root = Path(download_dir).expanduser() if download_dir else output_dir / "dicom"
     paths = output_paths(output_dir, backend)
-    check_outputs_free(list(paths.values()), overwrite)
+    refuse_existing(list(paths.values()), overwrite)
 
     if backend == "offline":
         sel = select_offline(idc_version=idc_version, ct_index=ct_index, volume_geometry_index=volume_geometry_index)

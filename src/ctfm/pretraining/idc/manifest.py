@@ -7,7 +7,7 @@ import csv
 import shlex
 from pathlib import Path
 
-from ctfm.io import csv_text, write_text_atomic
+from ctfm.io import csv_text, refuse_existing, write_text_atomic
 from ctfm.pretraining.idc.layout import root_str, series_folder_str, with_local_paths
 
 MANIFEST_COLUMNS = (
@@ -28,16 +28,6 @@ AWS_ENDPOINT = "https://s3.amazonaws.com"
 S5CMD_COMMAND = f"s5cmd --no-sign-request --endpoint-url {AWS_ENDPOINT} run {{manifest}}"
 
 
-def check_outputs_free(paths: list[Path], overwrite: bool) -> None:
-    """Refuse, before anything is written, if any output exists and ``overwrite`` is False."""
-    existing = [str(p) for p in paths if Path(p).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
-            "choose another --output-dir or pass --overwrite"
-        )
-
-
 def write_manifest_csv(
     rows: list[dict], path: str | Path, *, download_root: str | Path | None = None, overwrite: bool = False
 ) -> Path:
@@ -47,7 +37,7 @@ def write_manifest_csv(
     (from :func:`with_local_paths`).
     """
     path = Path(path)
-    check_outputs_free([path], overwrite)
+    refuse_existing([path], overwrite)
     if download_root is not None or not all(r.get("local_path") for r in rows):
         rows = with_local_paths(rows, download_root)
     write_text_atomic(path, csv_text(MANIFEST_COLUMNS, rows))
@@ -82,7 +72,7 @@ def write_s5cmd_manifest(
     The first line is a comment (s5cmd skips lines that start with ``#``) giving the command to run.
     """
     path = Path(path)
-    check_outputs_free([path], overwrite)
+    refuse_existing([path], overwrite)
     lines, skipped = s5cmd_lines(rows, download_root)
     header = f"# {len(lines)} IDC series for CT-FM. Download: {S5CMD_COMMAND.format(manifest=shlex.quote(str(path)))}"
     write_text_atomic(path, "\n".join([header, *lines]) + "\n")

@@ -6,8 +6,7 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-from ctfm.io import csv_text, write_text_atomic
-from ctfm.pretraining.idc.manifest import check_outputs_free
+from ctfm.io import csv_text, refuse_existing, write_text_atomic
 from ctfm.registry import resource
 
 PAPER_TABLE_S5_PATH = resource("idc/paper_table_s5.csv")
@@ -95,6 +94,6 @@ def format_comparison(table: list[dict]) -> str:
 
 def write_comparison_csv(table: list[dict], path: str | Path, *, overwrite: bool = False) -> Path:
     path = Path(path)
-    check_outputs_free([path], overwrite)
+    refuse_existing([path], overwrite)
     write_text_atomic(path, csv_text(COMPARISON_COLUMNS, table))
     return path
