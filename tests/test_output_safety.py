@@ -22,6 +22,7 @@ def test_inputs_whose_results_share_a_name_are_refused_naming_both(tmp_path):
     with pytest.raises(ValueError, match="Case1.nrrd and .*case1.nii.gz"):  # one file on macOS and Windows
         input_ids(["x/Case1.nrrd", "x/case1.nii.gz"])
     assert list(input_ids(["x/case1.nii.gz", "x/case2.nii.gz", "x/dicom"])) == ["case1", "case2", "dicom"]
+    assert list(input_ids(["x/case1.nii.gz", f"{os.getcwd()}/x/case1.nii.gz"])) == ["case1"]  # one file, twice
 
 
 def test_existing_outputs_are_refused_unless_overwrite(tmp_path):

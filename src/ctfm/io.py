@@ -81,13 +81,16 @@ def input_ids(inputs: Iterable) -> dict[str, Path]:
 
     Results are named by :func:`scan_id`, so two inputs with one id (``case1.nii`` and ``case1.nii.gz``,
     two DICOM folders ``series1`` in different parents) would write the same files: they are refused
-    here, before any work, naming both. Ids differing only in case collide too (macOS, Windows).
+    here, before any work, naming both. Ids differing only in case collide too (macOS, Windows). One
+    file given twice (a datalist listing a scan in two splits) is one input.
     """
     ids: dict[str, Path] = {}
     seen: dict[str, str] = {}
     for given in inputs:
         path = Path(given["image"] if isinstance(given, Mapping) else given)
         sid = scan_id(path)
+        if sid in ids and absolute(ids[sid]) == absolute(path):
+            continue
         if sid.casefold() in seen:
             raise ValueError(
                 f"{ids[seen[sid.casefold()]]} and {path} would both write the results named {sid!r}; nothing was "
