@@ -1,13 +1,10 @@
-"""Few-shot training subsets, and what is written next to each label map."""
+"""Few-shot training subsets."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
-from monai.transforms import MapTransform
 
 
 def few_shot(datalist: Sequence[Mapping], num_train: int | None, seed: int = 0) -> list[dict]:
@@ -26,34 +23,3 @@ def few_shot(datalist: Sequence[Mapping], num_train: int | None, seed: int = 0) 
         )
     order = np.random.default_rng(seed).permutation(len(items))
     return [items[i] for i in order[:num_train]]
-
-
-class WriteLabelNamesd(MapTransform):
-    """Write ``<label map>.json`` next to each saved label map: every id's name and the ids present.
-
-    A label map that was not saved (MONAI Label drops ``SaveImaged`` and writes the result itself) gets none.
-    """
-
-    def __init__(self, keys, label_names: Mapping, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.label_names = {str(k): v for k, v in label_names.items()}
-
-    def __call__(self, data):
-        for key in self.key_iterator(data):
-            if "saved_to" not in data[key].meta:
-                continue
-            saved = Path(data[key].meta["saved_to"])
-            sidecar = saved.with_name(saved.name.split(".")[0] + ".json")
-            present = [int(i) for i in np.unique(np.asarray(data[key])) if i > 0]
-            sidecar.write_text(
-                json.dumps(
-                    {
-                        "label_map": saved.name,
-                        "source": str(data[key].meta.get("filename_or_obj", "")),
-                        "labels": self.label_names,
-                        "present": {str(i): self.label_names.get(str(i), "?") for i in present},
-                    },
-                    indent=2,
-                )
-            )
-        return data

@@ -1,4 +1,6 @@
-"""Sliding-window inference in bfloat16 autocast where the device runs it natively, channels-last.
+"""Segmentation inference shared by the segmentation bundle's inference.json and ``ctfm segment``.
+
+Sliding-window inference in bfloat16 autocast where the device runs it natively, channels-last.
 
 MONAI's evaluators only autocast on CUDA (``torch.autocast("cuda")``); on a CPU with AVX512-BF16 or
 AMX, bf16 is also faster than fp32. So the autocast lives in the inferer, for any device.
@@ -13,8 +15,14 @@ near-ties of the two best classes (tests/test_segmentation_bundle.py states the 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
+from monai.transforms import MapTransform
 
 from ctfm.networks import bf16_supported  # shared with the library's embedding search
 
@@ -56,3 +64,42 @@ class _ChannelsLastWindows:
 
     def __call__(self, window: torch.Tensor, *args, **kwargs):
         return self.network(window.to(memory_format=torch.channels_last_3d), *args, **kwargs).contiguous()
+
+
+def label_names_sidecar(label_map, saved: str | Path, source: str, label_names: Mapping) -> dict:
+    """What ``<label map>.json`` holds: the map's file name, its source scan, every id's name and the ids present."""
+    names = {str(k): v for k, v in label_names.items()}
+    present = [int(i) for i in np.unique(np.asarray(label_map)) if i > 0]
+    return {
+        "label_map": Path(saved).name,
+        "source": str(source),
+        "labels": names,
+        "present": {str(i): names.get(str(i), "?") for i in present},
+    }
+
+
+def sidecar_path(saved: str | Path) -> Path:
+    """``<dir>/<name>.json`` beside the label map ``<dir>/<name>.nii.gz`` (or ``.dcm``)."""
+    saved = Path(saved)
+    return saved.with_name(saved.name.split(".")[0] + ".json")
+
+
+class WriteLabelNamesd(MapTransform):
+    """Write ``<label map>.json`` (:func:`label_names_sidecar`) next to each saved label map.
+
+    A label map that was not saved (MONAI Label drops ``SaveImaged`` and writes the result itself) gets none.
+    """
+
+    def __init__(self, keys, label_names: Mapping, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.label_names = {str(k): v for k, v in label_names.items()}
+
+    def __call__(self, data):
+        for key in self.key_iterator(data):
+            if "saved_to" not in data[key].meta:
+                continue
+            saved = data[key].meta["saved_to"]
+            source = data[key].meta.get("filename_or_obj", "")
+            sidecar = label_names_sidecar(data[key], saved, source, self.label_names)
+            sidecar_path(saved).write_text(json.dumps(sidecar, indent=2))
+        return data
