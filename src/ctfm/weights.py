@@ -574,13 +574,25 @@ def save_segmentation_pretrained(model: nn.Module, folder: str | os.PathLike, ov
     return _write_released_folder(folder, model, config, overwrite)
 
 
-def convert_segmentation_weights(
-    input: str | os.PathLike, output: str | os.PathLike, out_channels: int = 118, dsdepth: int = 4,
-    overwrite: bool = False,
-) -> Path:
-    """A trained bundle ``model.pt`` (or a whole-body folder) -> the released whole-body folder layout, strictly."""
-    model = segmentation_model(weights=input, out_channels=out_channels, dsdepth=dsdepth)
-    return save_segmentation_pretrained(model, output, overwrite=overwrite)
+def segmentation_config(state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike = "<state dict>") -> dict:
+    """The ``SegResNetDS`` arguments a whole-network state dict was saved from: the encoder's (its first
+    convolution and blocks), ``out_channels`` (the heads' rows) and ``dsdepth`` (how many heads)."""
+    weights = strip_wrappers(state_dict)
+    encoder = infer_encoder_config(encoder_state_dict(weights, source))
+    heads = [v for k, v in weights.items() if re.search(r"(^|\.)up_layers\.\d+\.head\.weight$", k)]
+    if not heads:
+        raise WeightLoadError(f"{source} holds no SegResNetDS decoder heads (up_layers.*.head): encoder weights only? "
+                              "A whole-body folder needs a whole trained segmentation network (a bundle model.pt).")
+    config = {k: encoder[k] for k in ("in_channels", "init_filters", "blocks_down") if k in encoder}
+    return {**config, "out_channels": int(heads[0].shape[0]), "dsdepth": len(heads)}
+
+
+def convert_segmentation_weights(input: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> Path:
+    """A trained bundle ``model.pt`` (or a whole-body folder) -> the released whole-body folder layout: the network
+    is rebuilt as the file describes (:func:`segmentation_config`) and every tensor loaded strictly."""
+    source = resolve_weights_file(input)
+    model = build_segmentation_network(**segmentation_config(read_state_dict(source), source))
+    return save_segmentation_pretrained(load_segmentation_weights(model, input), output, overwrite=overwrite)
 
 
 def save_model_state(model: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:

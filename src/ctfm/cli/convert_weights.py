@@ -7,7 +7,8 @@ part of the project, lighter_zoo and huggingface_hub read.
 
 With --segmentation it writes the whole segmentation network instead (a trained bundle models/model.pt ->
 the layout of the released whole-body folder, which `ctfm segment --weights` and lighter_zoo's
-SegResNet.from_pretrained read): the reverse of `ctfm segmentation-model`.
+SegResNet.from_pretrained read): the reverse of `ctfm segmentation-model`. The network's size (filters,
+blocks, outputs, deep-supervision depth) is read from the file itself.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--segmentation", action="store_true",
                         help="write the whole segmentation network (SegResNetDS) as a whole-body folder")
-    parser.add_argument("--out-channels", type=int, default=118, help="with --segmentation: outputs (default 118)")
-    parser.add_argument("--dsdepth", type=int, default=4, help="with --segmentation: deep-supervision depth (4)")
 
 
 def convert_weights(input, output, prefix=None, overwrite=False):
@@ -42,12 +41,8 @@ def run(args) -> int:
     if args.segmentation:
         from ctfm.weights import convert_segmentation_weights
 
-        folder = convert_segmentation_weights(
-            input=args.input, output=args.output, out_channels=args.out_channels, dsdepth=args.dsdepth,
-            overwrite=args.overwrite,
-        )
-        print(f"wrote {folder}/config.json and {folder}/model.safetensors")
-        return 0
-    folder = convert_weights(input=args.input, output=args.output, prefix=args.prefix, overwrite=args.overwrite)
+        folder = convert_segmentation_weights(input=args.input, output=args.output, overwrite=args.overwrite)
+    else:
+        folder = convert_weights(input=args.input, output=args.output, prefix=args.prefix, overwrite=args.overwrite)
     print(f"wrote {folder}/config.json and {folder}/model.safetensors")
     return 0

@@ -15,8 +15,8 @@ Files per scan ``<id>`` (the input's name without its volume suffix) in ``output
 - ``<id>_probabilities.nii.gz``: softmax probability of each chosen structure as uint8, ``p = value / 255``
   (the channel order is in the sidecar's ``probabilities`` entry) (``probabilities``).
 - ``<id>_preview.png``: three orthogonal slices with the labels over the CT (``preview``).
-- ``<id>_seg.dcm``: a DICOM SEG object referencing the source series (``output_type="dicom_seg"``,
-  DICOM input only; written with highdicom, the reference implementation of DICOM SEG in Python).
+- ``<id>_seg.dcm``: also the label map as a DICOM SEG object referencing the source series
+  (``output_type="dicom_seg"``, DICOM input only; written with highdicom, see :mod:`ctfm.dicom_seg`).
 - ``statistics.json``: per scan and structure, volume (ml), HU mean / sd / min / max and ``incomplete``
   (the mask touches the border of the scan, so the structure is likely cut) (``statistics``).
 """
@@ -204,8 +204,9 @@ def write_preview(hu: torch.Tensor, label_map: torch.Tensor, names: Mapping[int,
 def _outputs(sid: str, output_dir: Path, chosen: Mapping[int, str], *, per_structure, probabilities, preview,
              output_type) -> dict[str, Path]:
     """What one scan writes: kind -> path."""
-    paths = {"seg": output_dir / f"{sid}_seg.{'dcm' if output_type == 'dicom_seg' else 'nii.gz'}",
-             "names": output_dir / f"{sid}_seg.json"}
+    paths = {"seg": output_dir / f"{sid}_seg.nii.gz", "names": output_dir / f"{sid}_seg.json"}
+    if output_type == "dicom_seg":
+        paths["dicom_seg"] = output_dir / f"{sid}_seg.dcm"
     if per_structure:
         paths.update({f"mask:{i}": output_dir / f"{sid}_structures" / f"{name}.nii.gz" for i, name in chosen.items()})
     if probabilities:
@@ -306,10 +307,9 @@ def segment(
         label_map[~torch.isin(label_map, torch.tensor(list(chosen), dtype=torch.uint8))] = 0  # only those chosen
         paths = plan[sid]
         source = str(item["image"])
-        if output_type == "dicom_seg":
-            write_dicom_seg(label_map, source, chosen, paths["seg"])
-        else:
-            write_nifti(label_map, paths["seg"])
+        if output_type == "dicom_seg":  # first: it is the one writer that can refuse (no chosen structure found)
+            write_dicom_seg(label_map, source, chosen, paths["dicom_seg"])
+        write_nifti(label_map, paths["seg"])
         sidecar = label_names_sidecar(label_map, paths["seg"], source, {str(k): v for k, v in label_names.items()})
         sidecar["structures"] = {str(i): name for i, name in chosen.items()}
         if probabilities:
