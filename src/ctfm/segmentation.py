@@ -139,7 +139,8 @@ def structure_statistics(image: torch.Tensor, label_map: torch.Tensor, names: Ma
     for axis in range(3):
         for end in (0, -1):
             on_border.update(int(v) for v in np.unique(np.take(lab, end, axis=axis)))
-    mean, sd = ndimage.mean(hu, lab, ids), ndimage.standard_deviation(hu, lab, ids)
+    with np.errstate(invalid="ignore", divide="ignore"):  # scipy divides by the zero count of every absent id
+        mean, sd = ndimage.mean(hu, lab, ids), ndimage.standard_deviation(hu, lab, ids)
     low, high = ndimage.minimum(hu, lab, ids), ndimage.maximum(hu, lab, ids)
     return {
         names[i]: {
