@@ -8,7 +8,6 @@ these tests need (where the labels go, which are written, how they are stored).
 from __future__ import annotations
 
 import json
-import shutil
 
 import nibabel as nib
 import numpy as np

@@ -217,6 +217,23 @@ def _outputs(sid: str, output_dir: Path, chosen: Mapping[int, str], *, per_struc
     return paths
 
 
+def check_inputs(items: Sequence[Mapping], output_type: str = "nifti") -> None:
+    """Every scan a readable CT in HU, and for DICOM SEG a DICOM series whose instances can be referenced;
+    else a clear error, before any work."""
+    if output_type == "dicom_seg":
+        from ctfm.dicom_seg import read_series, require_highdicom
+
+        require_highdicom()
+    for item in items:
+        load_volume(item["image"], ct=True)
+        if output_type != "dicom_seg":
+            continue
+        if not Path(item["image"]).is_dir():
+            raise ValueError(f"{item['image']}: --output-type dicom_seg needs DICOM input (a series folder); "
+                             "this is a volume file. Use --output-type nifti.")
+        read_series(item["image"])
+
+
 def segment(
     *,
     input: str | os.PathLike | Sequence,
@@ -262,21 +279,11 @@ def segment(
 
     network = load_segmentation_weights(parser.get_parsed_content("network"), weights).eval()
     items = list_inputs(input)
-    if output_type == "dicom_seg":
-        from ctfm.dicom_seg import read_series, require_highdicom, write_dicom_seg
-
-        require_highdicom()
-    for item in items:  # a readable CT in HU (and a referenceable DICOM series), or a clear error before any work
-        load_volume(item["image"], ct=True)
-        if output_type == "dicom_seg" and not Path(item["image"]).is_dir():
-            raise ValueError(f"{item['image']}: --output-type dicom_seg needs DICOM input (a series folder); "
-                             "this is a volume file. Use --output-type nifti.")
-        if output_type == "dicom_seg":
-            read_series(item["image"])
-    output_dir = Path(output_dir)
+    check_inputs(items, output_type)
     ids = [scan_id(item["image"]) for item in items]
-    if len(set(ids)) < len(ids):
+    if len(set(ids)) < len(ids):  # two folders hold scans of the same name
         ids = [scan_id(item["image"], unique=True) for item in items]
+    output_dir = Path(output_dir)
     plan = {sid: _outputs(sid, output_dir, chosen, per_structure=per_structure, probabilities=probabilities,
                           preview=preview, output_type=output_type) for sid in ids}
     stats_path = output_dir / "statistics.json"
@@ -285,6 +292,8 @@ def segment(
     if existing and not overwrite:
         shown = ", ".join(str(p) for p in existing[:3]) + (f" (+{len(existing) - 3} more)" if len(existing) > 3 else "")
         raise FileExistsError(f"{shown} already exist; choose a new --output-dir or pass --overwrite.")
+    if output_type == "dicom_seg":
+        from ctfm.dicom_seg import write_dicom_seg
 
     preprocessing = parser.get_parsed_content("preprocessing")
     inferer = parser.get_parsed_content("inferer")
