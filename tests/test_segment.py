@@ -243,3 +243,12 @@ def test_convert_weights_writes_the_whole_body_folder_that_the_hub_mixin_and_seg
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ours.items())
     with pytest.raises(ValueError, match="init_filters=8 \\(the network: 32\\)"):
         load_segmentation_weights(build_segmentation_network(out_channels=118), folder)
+
+
+def test_without_a_bundles_folder_the_error_says_where_the_bundles_are(sample_ct, tiny_weights, tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.delenv("CTFM_BUNDLES", raising=False)
+    out = tmp_path / "out"
+    assert main(["segment", "-i", str(sample_ct.abdomen_ct), "-o", str(out), "--weights", str(tiny_weights)]) == 1
+    err = capsys.readouterr().err
+    assert "bundles/ folder of a CT-FM checkout" in err and "--bundles-dir" in err and not out.exists()

@@ -50,15 +50,14 @@ PROBABILITY_SCALE = 255  # probabilities are stored as uint8: p = value / 255
 # ---------------------------------------------------------------------------------------------
 def segmentation_bundle(bundles_dir: str | os.PathLike | None = None) -> Path:
     """The segmentation bundle's folder, from ``bundles_dir`` or ``$CTFM_BUNDLES``, with a clear error if absent."""
-    from ctfm.bundles import BUNDLES_ENV
     from ctfm.bundles import bundles_dir as find_bundles
 
     try:
         bundle = find_bundles(bundles_dir) / SEGMENTATION_BUNDLE
     except (RuntimeError, FileNotFoundError) as err:
         raise FileNotFoundError(
-            f"ctfm segment runs the segmentation bundle's inference.json, and the installed package holds no "
-            f"bundles: {err}. Clone the CT-FM repository and set {BUNDLES_ENV} to its bundles/ folder."
+            f"ctfm segment runs the segmentation bundle's configs/inference.json, which the installed package does "
+            f"not hold (the bundles live in the bundles/ folder of a CT-FM checkout): {err}"
         ) from None
     if not (bundle / "configs" / "inference.json").is_file():
         raise FileNotFoundError(f"{bundle}/configs/inference.json is missing: the bundles folder has no segmentation "
