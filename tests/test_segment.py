@@ -59,10 +59,13 @@ def test_the_label_map_lies_on_the_input_grid_with_its_names(sample_ct, full_run
     assert names["labels"]["5"] == "liver" and len(names["structures"]) == 117
 
 
-def test_a_subset_writes_only_the_requested_structures_with_their_ids(sample_ct, tiny_weights, full_run, tmp_path):
+def test_a_subset_writes_only_the_requested_structures_with_their_ids(sample_ct, tiny_weights, full_run, tmp_path,
+                                                                      capsys):
     out = tmp_path / "subset"
     assert segment("-i", sample_ct.abdomen_ct, "-o", out, "--weights", tiny_weights, "--structures", "liver",
                    "spleen", "--groups", "vertebrae", "--per-structure", "--probabilities") == 0
+    progress = [line.split()[-1].split("/") for line in capsys.readouterr().out.splitlines() if "window batch" in line]
+    assert len(progress) > 1 and progress[-1][0] == progress[-1][1]  # the count of batches was foreseen exactly
     wanted = {"liver", "spleen", *label_groups()["vertebrae"]}
     ids = {totalsegmentator_ids()[name] for name in wanted}
     full, subset = np.asarray(load(full_run / "abdomen_ct_seg.nii.gz")), np.asarray(load(out / "abdomen_ct_seg.nii.gz"))

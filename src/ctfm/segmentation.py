@@ -89,6 +89,35 @@ def map_postprocessing(postprocessing) -> list:
     return [t for t in postprocessing.transforms if not isinstance(t, (SaveImaged, WriteLabelNamesd))]
 
 
+class ReportWindowBatches:
+    """The network, saying how many of the ``total`` window batches are done at every tenth of them: the
+    sliding-window inferer calls it once per batch (a scan takes minutes on a CPU)."""
+
+    def __init__(self, network, total: int, say):
+        self.network, self.total, self.say, self.done = network, total, say, 0
+
+    def __call__(self, windows, *args, **kwargs):
+        out = self.network(windows, *args, **kwargs)
+        self.done += 1
+        if self.done == self.total or self.done * 10 // self.total > (self.done - 1) * 10 // self.total:
+            self.say(f"    window batch {self.done}/{self.total}", flush=True)
+        return out
+
+
+def window_batches(image_shape: Sequence[int], inferer) -> int:
+    """How many batches of windows the sliding-window ``inferer`` runs over an image of ``image_shape``."""
+    from monai.data.utils import dense_patch_slices
+
+    from monai.utils import ensure_tuple_rep
+
+    roi = inferer.roi_size
+    size = [max(r, s) for r, s in zip(roi, image_shape)]  # MONAI pads an image smaller than a window
+    overlap = ensure_tuple_rep(inferer.overlap, len(roi))
+    interval = [r if r == s else max(int(r * (1 - o)), 1) for r, s, o in zip(roi, size, overlap)]  # as MONAI's
+    windows = len(dense_patch_slices(size, roi, interval))
+    return -(-windows // inferer.sw_batch_size)
+
+
 # ---------------------------------------------------------------------------------------------
 # Which structures
 # ---------------------------------------------------------------------------------------------
@@ -303,8 +332,9 @@ def segment(
         start = time.perf_counter()
         say(f"[{n}/{len(items)}] {item['image']}: segmenting on {device}", flush=True)
         data = preprocessing(dict(item))
+        batches = ReportWindowBatches(network, window_batches(data["image"].shape[1:], inferer), say)
         with torch.no_grad():
-            logits = inferer(data["image"][None].to(device), network)[0].float().cpu()
+            logits = inferer(data["image"][None].to(device), batches)[0].float().cpu()
         data["pred"] = MetaTensor(logits, meta=data["image"].meta)
         if probabilities:
             wanted = torch.softmax(logits, 0)[list(chosen)]
