@@ -337,7 +337,8 @@ def segment(
             logits = inferer(data["image"][None].to(device), batches)[0].float().cpu()
         data["pred"] = MetaTensor(logits, meta=data["image"].meta)
         if probabilities:
-            wanted = torch.softmax(logits, 0)[list(chosen)]
+            # softmax of the chosen channels only: no second 118-channel volume in memory
+            wanted = torch.exp(logits[list(chosen)] - torch.logsumexp(logits, 0, keepdim=True))
             data["prob"] = MetaTensor(torch.round(wanted * PROBABILITY_SCALE), meta=data["image"].meta)
             data = invert_probabilities(data)
         for step in to_label_map:
