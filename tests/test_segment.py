@@ -8,6 +8,7 @@ these tests need (where the labels go, which are written, how they are stored).
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -255,3 +256,24 @@ def test_without_a_bundles_folder_the_error_says_where_the_bundles_are(sample_ct
     assert main(["segment", "-i", str(sample_ct.abdomen_ct), "-o", str(out), "--weights", str(tiny_weights)]) == 1
     err = capsys.readouterr().err
     assert "bundles/ folder of a CT-FM checkout" in err and "--bundles-dir" in err and not out.exists()
+
+
+def test_a_folder_of_scans_is_checked_whole_before_any_work_then_segmented_scan_by_scan(tiny_weights, tmp_path,
+                                                                                         capsys):
+    from ctfm.data.phantoms import make_body_phantom
+    from ctfm.data.phantoms.defects import write_defective_inputs
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for seed in (1, 2):
+        nib.save(make_body_phantom(seed=seed).to_nifti("image"), scans / f"case{seed}.nii.gz")
+    shutil.copy(write_defective_inputs(tmp_path / "defects")["mr_like"], scans / "zz_mr_like.nii.gz")
+    out = tmp_path / "out"
+    assert segment("-i", scans, "-o", out, "--weights", tiny_weights, "--statistics") == 1
+    assert "zz_mr_like" in capsys.readouterr().err and not out.exists()  # the last scan stops the run before the first
+
+    (scans / "zz_mr_like.nii.gz").unlink()
+    assert segment("-i", scans, "-o", out, "--weights", tiny_weights, "--statistics") == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "case1_seg.json", "case1_seg.nii.gz", "case2_seg.json", "case2_seg.nii.gz", "statistics.json"]
+    assert set(json.loads((out / "statistics.json").read_text())) == {"case1", "case2"}
