@@ -43,7 +43,7 @@ def test_info_json_lists_conventions_and_117_classes():
     classes = info["totalsegmentator_v2_classes"]
     assert len(classes) == 117 and classes["5"] == "liver" and classes["117"] == "costal_cartilages"
     assert info["versions"]["itk-io"] and info["versions"]["monai"]  # the core reads volumes with ITK's I/O only
-    assert info["extras"] == {"idc": True, "retrieval": True, "registration": True}  # make installs every extra
+    assert info["extras"] == {"idc": True, "retrieval": True, "registration": True, "dicom": True}  # make installs every extra
 
 
 def test_bad_input_gives_one_line_error_not_a_traceback(tmp_path):
