@@ -90,7 +90,7 @@ class CountingNetwork(torch.nn.Module):
 
 
 def segment(image, network, patch, device, precision, overlap, sw_batch_size, channels_last) -> dict:
-    from scripts.inferer import AutocastSlidingWindowInferer
+    from ctfm.inference import AutocastSlidingWindowInferer
 
     counting = CountingNetwork(network)
     inferer = AutocastSlidingWindowInferer(roi_size=patch, sw_batch_size=sw_batch_size, overlap=overlap,

@@ -246,7 +246,7 @@ def test_channels_last_windows_give_the_same_labels_within_the_precision(precisi
     0.015 on outputs up to 2.4, over a quarter of the elements beyond 1e-5), and the label maps agree except
     at near-ties of the two best classes (measured: 99.93 % of voxels)."""
     use_bundle_scripts(BUNDLE)
-    from scripts.inferer import AutocastSlidingWindowInferer
+    from ctfm.inference import AutocastSlidingWindowInferer
 
     torch.manual_seed(0)
     network = build_segmentation_network(out_channels=5, init_filters=8).eval()

@@ -13,6 +13,10 @@
 - :mod:`ctfm.evaluation`   tumour metrics, segmentation comparison
 - :mod:`ctfm.training`     what every training run shares (its checkpoints, newest first)
 - :mod:`ctfm.metrics`      bootstrap confidence intervals, macro mean
+- :mod:`ctfm.inference`    sliding-window segmentation inference shared by the bundle and ``ctfm segment``
+- :mod:`ctfm.segmentation` ``ctfm.segment(...)``: whole-body segmentation and its outputs; structure statistics
+
+``ctfm.segment`` and ``ctfm.segmentation_statistics`` are imported on first use, so ``import ctfm`` stays instant.
 """
 
 import logging as _logging
@@ -24,3 +28,14 @@ __version__ = "0.1.0"
 # ITK or pydicom's own decoders, so the lines only bury the messages that matter.
 _logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(_logging.ERROR)
 _warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin")
+
+
+_LAZY = {"segment": "ctfm.segmentation", "segmentation_statistics": "ctfm.segmentation"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ctfm' has no attribute {name!r}")

@@ -412,16 +412,24 @@ def save_pretrained(
     The folder is written next to its destination and renamed into place, so a killed save leaves
     no half folder; an existing folder is never replaced unless ``overwrite``.
     """
+    encoder = find_encoder(model)
+    return _write_released_folder(folder, encoder, encoder_config(encoder), overwrite, model_card)
+
+
+def _write_released_folder(
+    folder: str | os.PathLike, module: nn.Module, config: dict, overwrite: bool, model_card: str | None = None
+) -> Path:
+    """``model.safetensors`` (``module``'s state dict) + ``config.json``, as huggingface_hub lays them out,
+    written beside ``folder`` and renamed into place; an existing non-empty folder only with ``overwrite``."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{folder} already exists and is not empty; pass overwrite=True to replace it.")
-    encoder = find_encoder(model)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+        raise FileExistsError(f"{folder} already exists and is not empty; pass overwrite=True (CLI: --overwrite).")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILENAME))
-        (tmp / CONFIG_FILENAME).write_text(json.dumps(encoder_config(encoder), sort_keys=True, indent=2))
+        (tmp / CONFIG_FILENAME).write_text(json.dumps(config, sort_keys=True, indent=2))
         if model_card:
             (tmp / "README.md").write_text(model_card)
         os.chmod(tmp, user_mode(folder=True))  # mkdtemp made it 0o700
@@ -515,18 +523,83 @@ def segmentation_model(
     model = build_segmentation_network(out_channels=out_channels, dsdepth=dsdepth)
     if encoder_only:
         return load_encoder_weights(model, weights)
+    return load_segmentation_weights(model, weights)
+
+
+# SegResNetDS arguments a whole-body config.json may list, beyond the encoder's.
+SEGMENTATION_ARGS = ("out_channels", "dsdepth")
+
+
+def load_segmentation_weights(model: nn.Module, weights: str | os.PathLike) -> nn.Module:
+    """Load a whole ``SegResNetDS`` into ``model``, strictly: the released whole-body folder (``config.json``
+    with any subset of the constructor arguments + ``model.safetensors``) or a bundle ``model.pt``.
+
+    Every argument the folder's ``config.json`` names must equal ``model``'s, so weights of another network
+    are refused with what differs before any tensor is read; then every tensor is checked by name and shape.
+    """
     config_file = Path(weights) / CONFIG_FILENAME
     if config_file.is_file():
-        config = read_config(weights)  # checks the encoder arguments and that the file is an object
+        read_config(weights)  # a JSON object, no head_module
         written = json.loads(config_file.read_text())
-        config.update({k: v for k, v in written.items() if k in ("out_channels", "dsdepth")})
-        for arg, want in (("out_channels", out_channels), ("dsdepth", dsdepth)):
-            if config.get(arg, want) != want:
-                raise WeightLoadError(
-                    f"{config_file} describes a SegResNetDS with {arg}={config[arg]}, but the network to fill has "
-                    f"{arg}={want}. Use weights of the same network, or build the bundle with {arg}={config[arg]}."
-                )
+        differ = {
+            arg: (written[arg], getattr(model, arg))
+            for arg in (*SEGMENTATION_ARGS, "init_filters", "blocks_down", "in_channels")
+            if arg in written and hasattr(model, arg) and _plain(written[arg]) != _plain(getattr(model, arg))
+        }
+        if differ:
+            shown = ", ".join(f"{arg}={theirs} (the network: {ours})" for arg, (theirs, ours) in differ.items())
+            raise WeightLoadError(
+                f"{config_file} describes a SegResNetDS with {shown}. Use weights of the same network (the "
+                "released whole-body folder has out_channels=118, dsdepth=4), or build the network as the file says."
+            )
     return load_network_weights(model, weights)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def save_segmentation_pretrained(model: nn.Module, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a whole ``SegResNetDS`` as the released whole-body folder: ``model.safetensors`` (its state dict)
+    and ``config.json`` with the constructor arguments that differ from ``SegResNetDS``'s defaults, laid out
+    as huggingface_hub's ``save_pretrained`` writes them (sorted keys, two-space indent), so lighter_zoo's
+    ``SegResNet.from_pretrained`` and :func:`load_segmentation_weights` read it. Written beside the
+    destination and renamed into place; an existing folder is never replaced unless ``overwrite``.
+    """
+    import inspect
+
+    from monai.networks.nets import SegResNetDS
+
+    if not isinstance(model, SegResNetDS):
+        raise WeightLoadError(f"a whole-body folder holds a SegResNetDS, not a {type(model).__name__}.")
+    defaults = {k: p.default for k, p in inspect.signature(SegResNetDS.__init__).parameters.items()}
+    config = {
+        arg: _plain(getattr(model, arg))
+        for arg in ("spatial_dims", "in_channels", *SEGMENTATION_ARGS, "init_filters", "blocks_down", "norm", "act")
+        if _plain(getattr(model, arg)) != _plain(defaults.get(arg))
+    }
+    return _write_released_folder(folder, model, config, overwrite)
+
+
+def segmentation_config(state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike = "<state dict>") -> dict:
+    """The ``SegResNetDS`` arguments a whole-network state dict was saved from: the encoder's (its first
+    convolution and blocks), ``out_channels`` (the heads' rows) and ``dsdepth`` (how many heads)."""
+    weights = strip_wrappers(state_dict)
+    encoder = infer_encoder_config(encoder_state_dict(weights, source))
+    heads = [v for k, v in weights.items() if re.search(r"(^|\.)up_layers\.\d+\.head\.weight$", k)]
+    if not heads:
+        raise WeightLoadError(f"{source} holds no SegResNetDS decoder heads (up_layers.*.head): encoder weights only? "
+                              "A whole-body folder needs a whole trained segmentation network (a bundle model.pt).")
+    config = {k: encoder[k] for k in ("in_channels", "init_filters", "blocks_down") if k in encoder}
+    return {**config, "out_channels": int(heads[0].shape[0]), "dsdepth": len(heads)}
+
+
+def convert_segmentation_weights(input: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> Path:
+    """A trained bundle ``model.pt`` (or a whole-body folder) -> the released whole-body folder layout: the network
+    is rebuilt as the file describes (:func:`segmentation_config`) and every tensor loaded strictly."""
+    source = resolve_weights_file(input)
+    model = build_segmentation_network(**segmentation_config(read_state_dict(source), source))
+    return save_segmentation_pretrained(load_segmentation_weights(model, input), output, overwrite=overwrite)
 
 
 def save_model_state(model: nn.Module, path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -18,7 +18,8 @@ def add_arguments(parser) -> None:
 
 CORE = ("torch", "monai", "pytorch-ignite", "safetensors", "itk-io", "nibabel")
 # pyproject.toml's extras: which features this installation has.
-EXTRAS = {"idc": ("idc-index-data", "duckdb"), "retrieval": ("faiss-cpu",), "registration": ("itk-registration",)}
+EXTRAS = {"idc": ("idc-index-data", "duckdb"), "retrieval": ("faiss-cpu",), "registration": ("itk-registration",),
+          "dicom": ("highdicom",)}
 
 
 def installed_version(package: str) -> str | None:

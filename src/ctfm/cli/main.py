@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "embed": "ctfm.cli.embed",
     "convert-weights": "ctfm.cli.convert_weights",
     "segmentation-model": "ctfm.cli.segmentation_model",
+    "segment": "ctfm.cli.segment",
+    "statistics": "ctfm.cli.statistics",
     "info": "ctfm.cli.info",
     "idc-manifest": "ctfm.cli.idc_manifest",
     "convert-msd": "ctfm.cli.convert_msd",
@@ -51,6 +53,8 @@ SUMMARIES: dict[str, str] = {
     "embed": "512-d CT-FM embeddings of CT volumes",
     "convert-weights": "check CT-FM weights in any supported form and write them in the released layout",
     "segmentation-model": "write a segmentation bundle's models/model.pt from whole-body or CT-FM encoder weights",
+    "segment": "segment CT scans into 117 structures: label maps, masks, probabilities, statistics, preview, DICOM SEG",
+    "statistics": "volume and HU statistics per structure of an existing label map",
     "info": "versions, conventions and the class map, without loading weights",
     "idc-manifest": "rebuild the paper's pretraining CT series list from the Imaging Data Commons",
     "convert-msd": "MSD CT tumour tasks (Liver, Lung, Pancreas, HepaticVessel) -> tumour-only labels, seeded datalist",
@@ -77,9 +81,9 @@ SUMMARIES: dict[str, str] = {
 # tool records it (manifests, datalists). tests/test_cli_and_demo.py checks that every option is classified.
 PATH_OPTIONS = frozenset({
     "a", "b", "bundles_dir", "cache_dir", "compare", "corpus", "cq500_dir", "ct_index", "datalist", "dataroot",
-    "dataset_dir", "download_dir", "embeddings", "encoders", "input", "inputs", "label_groups", "labels", "lists",
-    "organmnist", "output", "output_dir", "predictions", "queries", "reads", "retest", "sinoct_dir", "source",
-    "scans", "table", "targets", "task_dir", "test", "transform", "volume_geometry_index", "weights",
+    "dataset_dir", "download_dir", "embeddings", "encoders", "image", "input", "inputs", "label_groups", "labels",
+    "lists", "organmnist", "output", "output_dir", "predictions", "queries", "reads", "retest", "scans", "seg",
+    "sinoct_dir", "source", "table", "targets", "task_dir", "test", "transform", "volume_geometry_index", "weights",
 })  # fmt: skip
 
 
