@@ -79,7 +79,7 @@ PATH_OPTIONS = frozenset({
     "a", "b", "bundles_dir", "cache_dir", "compare", "corpus", "cq500_dir", "ct_index", "datalist", "dataroot",
     "dataset_dir", "download_dir", "embeddings", "encoders", "input", "inputs", "label_groups", "labels", "lists",
     "organmnist", "output", "output_dir", "predictions", "queries", "reads", "retest", "sinoct_dir", "source",
-    "scans", "table", "targets", "task_dir", "test", "transform", "volume_geometry_index", "weights",
+    "scans", "split_file", "table", "targets", "task_dir", "test", "transform", "volume_geometry_index", "weights",
 })  # fmt: skip
 
 
