@@ -295,3 +295,25 @@ def test_inference_input_errors_name_the_file(tmp_path):
                                                  "output_dir": str(tmp_path / "o2")}, check=False)
     assert proc.returncode != 0
     assert "two_d.nii.gz" in proc.stderr and "expected a 3-D volume" in proc.stderr
+
+
+def test_few_shot_shrinks_the_validation_set_by_the_training_share(tmp_path):
+    """train.json's validation list under num_train: 4 of 20 training cases -> 2 of 10 validation cases (nested,
+    seeded, at least one); without num_train every validation case; evaluation keeps its whole split."""
+    from monai.bundle import ConfigParser
+
+    use_bundle_scripts(BUNDLE)
+    listing = {name: [{"image": f"{name}_{i:02d}.nii.gz", "label": f"{name}_{i:02d}_seg.nii.gz"} for i in range(n)]
+               for name, n in (("training", 20), ("validation", 10))}
+    (tmp_path / "datalist.json").write_text(json.dumps(listing))
+
+    def validation_cases(num_train, config="train.json"):
+        files = [BUNDLE / "configs" / "train.json"] + ([BUNDLE / "configs" / config] if config != "train.json" else [])
+        parser = ConfigParser()
+        parser.read_config([str(f) for f in files])
+        parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tmp_path), "num_train": num_train, "eval_split": "validation"})
+        return [Path(d["image"]).name for d in parser.get_parsed_content("validate#dataset#data")]
+
+    two, one, every = validation_cases(4), validation_cases(1), validation_cases(None)
+    assert len(two) == 2 and len(one) == 1 and set(one) <= set(two)
+    assert len(every) == 10 and len(validation_cases(4, "evaluate.json")) == 10
