@@ -53,7 +53,7 @@ SUMMARIES: dict[str, str] = {
     "segmentation-model": "write a segmentation bundle's models/model.pt from whole-body or CT-FM encoder weights",
     "info": "versions, conventions and the class map, without loading weights",
     "idc-manifest": "rebuild the paper's pretraining CT series list from the Imaging Data Commons",
-    "convert-msd": "MSD CT tumour tasks (Liver, Lung, Pancreas, HepaticVessel) -> tumour-only labels, seeded datalist",
+    "convert-msd": "MSD CT tumour tasks (Liver, Lung, Pancreas, HepaticVessel) -> datalist (background / organ / tumour), seeded split",
     "evaluate-tumour": "tumour Dice and surface distance (mm) per case with 95 percent CIs; side-by-side table of runs",
     "convert-totalsegmentator": "TotalSegmentator v2 dataset -> label maps and a datalist with the official split",
     "compare-segmentation": "compare two segmentation evaluations: per-structure win rate, group means, figure",
