@@ -317,3 +317,29 @@ def test_few_shot_shrinks_the_validation_set_by_the_training_share(tmp_path):
     two, one, every = validation_cases(4), validation_cases(1), validation_cases(None)
     assert len(two) == 2 and len(one) == 1 and set(one) <= set(two)
     assert len(every) == 10 and len(validation_cases(4, "evaluate.json")) == 10
+
+
+def test_select_checkpoint_paper_recipe_trains_this_bundle_with_the_encoder_frozen(phantoms, ct_fm_weights, tmp_path):
+    """`ctfm select-checkpoint --recipe paper`: the authors' probe is this bundle's training with freeze_encoder
+    (their Freezer: parameters frozen, batch norm statistics still running), scored by evaluate.json on the
+    validation cases; the Dice in the table is that evaluation's macro mean."""
+    import csv as csv_module
+
+    from ctfm.cli import select_checkpoint
+    from tool_runner import run_tool
+
+    out = tmp_path / "selection"
+    args = [str(ct_fm_weights), "--recipe", "paper", "--datalist", str(phantoms["one"]), "--output-dir", str(out),
+            "--epochs", "1", "--set", "val_interval=1", "--set", "patch_size=[32,32,32]", "--set", "spacing=[4,4,4]",
+            "--set", "num_workers=0", "--set", "batch_size=1", "--bundles-dir", str(BUNDLES)]
+    assert run_tool(select_checkpoint, args) == 0
+    [row] = list(csv_module.DictReader((out / "checkpoint_dice_paper.csv").open()))
+    run = out / "paper" / ct_fm_weights.name
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert float(row["mean_dice"]) == pytest.approx(summary["macro_mean_dice"]["mean"], abs=1e-4)
+    assert not (out / "checkpoint_dice.csv").exists()  # the quick recipe's table stays apart
+    net = build_segmentation_network(out_channels=118, dsdepth=4)
+    load_network_weights(net, run / "train" / "models" / "model.pt")
+    released = read_state_dict(ct_fm_weights)
+    for name, parameter in net.encoder.named_parameters():
+        assert torch.equal(parameter, released[name]), name
