@@ -30,10 +30,17 @@ import os
 import re
 from pathlib import Path
 
-TABLE, PLOT = "checkpoint_dice.csv", "checkpoint_dice.png"  # the quick recipe's; the paper's end in _paper
+TABLE, PLOT = "checkpoint_dice.csv", "checkpoint_dice.png"  # the quick recipe's (see outputs())
 COLUMNS = ("encoder", "iteration", "mean_dice", "cases")
 RECIPES = ("quick", "paper")
 PAPER_EPOCHS = 300  # the authors' TotalSegmentator schedule, kept by their selection runs
+
+
+def outputs(output_dir: Path, recipe: str) -> tuple[Path, Path]:
+    """The table and the plot of a recipe: ``checkpoint_dice.*`` (quick), ``checkpoint_dice_paper.*`` (paper)."""
+    if recipe == "quick":
+        return output_dir / TABLE, output_dir / PLOT
+    return output_dir / f"{Path(TABLE).stem}_{recipe}.csv", output_dir / f"{Path(PLOT).stem}_{recipe}.png"
 
 
 def find_encoders(paths) -> list[Path]:
@@ -94,8 +101,7 @@ def select_checkpoints(
     check_files_exist(train_items + val_items, where=str(datalist))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table, plot = (out / TABLE, out / PLOT) if recipe == "quick" else (out / f"{Path(TABLE).stem}_paper.csv",
-                                                                        out / f"{Path(PLOT).stem}_paper.png")
+    table, plot = outputs(out, recipe)
     done = {r["encoder"] for r in read_table(table)}
     todo = [e for e in encoders if str(e) not in done]
     print(f"{len(encoders)} encoder(s), {len(encoders) - len(todo)} already in {table} ({recipe} recipe)")
