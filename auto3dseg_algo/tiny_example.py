@@ -71,7 +71,8 @@ def run(output_dir: Path, ct_fm_weights: Path | None = None, epochs: int = 1, nu
     task = write_msd_like_task(output_dir, num=num)
     datalist = convert_msd(task, num_folds=num - 1, test_fraction=1 / num)  # one testing case, one per fold
     mode = "ct_fm" if ct_fm_weights else "baseline"
-    settings = {"modality": "ct", "dataroot": str(task), "datalist": str(datalist), "class_names": ["tumour"], **TINY}
+    class_names = json.loads(datalist.read_text())["class_names"]  # liver and cancer: the authors' classes
+    settings = {"modality": "ct", "dataroot": str(task), "datalist": str(datalist), "class_names": class_names, **TINY}
     if ct_fm_weights:
         settings["ct_fm_weights"] = str(ct_fm_weights)
     work = output_dir / mode
@@ -80,7 +81,7 @@ def run(output_dir: Path, ct_fm_weights: Path | None = None, epochs: int = 1, nu
     runner.set_device_info(cmd_prefix=sys.executable)  # training runs in a subprocess: use this Python
     runner.set_training_params({"num_epochs": epochs, "num_epochs_per_validation": 1})
     runner.run()
-    return evaluate_tumour(datalist, work / "ensemble_output", work / "eval", run_name=mode)
+    return evaluate_tumour(datalist, work / "ensemble_output", work / "eval", run_name=mode)  # scores label 2
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def msd(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("auto3dseg")
     task = write_msd_like_task(root, num=4, spacing=(3.0, 3.0, 3.0))
     datalist = convert_msd(task, num_folds=3, test_fraction=0.25)  # 3 training cases in 3 folds, 1 testing
+    class_names = json.loads(datalist.read_text())["class_names"]  # background / liver / cancer, as the authors
     return {"root": root, "task": task, "datalist": datalist,
-            "input": {"modality": "ct", "dataroot": str(task), "datalist": str(datalist), "class_names": ["tumour"], **TINY}}
+            "input": {"modality": "ct", "dataroot": str(task), "datalist": str(datalist), "class_names": class_names, **TINY}}
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_autorunner_writes_model_progress_and_predictions_on_the_image_grid(mode
         pred = nib.load(work / "ensemble_output" / "imagesTr" / f"{name}_ensemble.nii.gz")
         assert pred.shape == image.shape
         np.testing.assert_allclose(pred.affine, image.affine, atol=1e-4)
-        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1}
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}  # background, liver, tumour
 
 
 @pytest.mark.slow
@@ -138,8 +139,8 @@ def test_generated_config_holds_analysis_and_input_values_and_keeps_comments(ct_
     text = path.read_text()
     config = yaml.safe_load(text)
     assert config["resample_resolution"] == [3.0, 3.0, 3.0]  # the median spacing of the data analysis
-    assert config["roi_size"] == [32, 32, 32] and config["class_names"] == ["tumour"]  # lists from the input dict
-    assert config["output_classes"] == 2 and config["ct_fm_weights"] == str(weights)
+    assert config["roi_size"] == [32, 32, 32] and config["class_names"] == ["liver", "cancer"]  # lists from the input
+    assert config["output_classes"] == 3 and config["ct_fm_weights"] == str(weights)
     assert config["num_epochs"] == 1250  # the stock rule for 3 cases; training params stay command-line only
     assert "# null: 5.0e-4 CT-FM" in text and "# (filled) mm, RAS order" in text
 

@@ -63,7 +63,7 @@ def test_every_option_is_classified_as_a_path_or_not():
     """A new file or folder option must join PATH_OPTIONS, or its relative value would not be made absolute."""
     not_paths = {"help", "version", "command", "prefix", "device", "idc_version", "metadata_idc_version", "gcp_project",
                  "key", "run_name", "name_a", "name_b", "id_column", "label_column", "structure", "host",
-                 "structures", "groups", "override"}
+                 "structures", "groups", "override", "set"}
     for name in COMMANDS:
         sub = next(a for a in build_parser(name)._actions if a.dest == "command").choices[name]
         for action in sub._actions:

@@ -98,3 +98,34 @@ def test_missing_files_are_listed_up_front(tmp_path):
         check_files_exist(items)
     with pytest.raises(FileNotFoundError, match="no such file"):
         preprocess(tmp_path / "missing.nii.gz")
+
+
+def field_of_view_phantom():
+    """A 40 HU body in -1000 HU air, inside a scanner field of view padded with -3024 HU (outside it)."""
+    from monai.data import MetaTensor
+
+    img = torch.full((1, 30, 30, 30), -3024.0)
+    img[:, 5:25, 5:25, 5:25] = -1000.0  # air inside the field of view
+    img[:, 12:18, 10:20, 11:19] = 40.0  # the body
+    return MetaTensor(img, affine=torch.eye(4))
+
+
+def test_segmentation_crop_follows_the_authors_after_scaling_with_a_margin():
+    """The authors' segmentation recipe crops after scaling (voxels above -1024 HU) with 10 voxels of margin;
+    the pretraining recipe crops on HU > 0 before scaling."""
+    authors = ct_fm_transforms(spacing=None, load=False, crop_after_scaling=True, crop_margin=2)
+    pretraining = ct_fm_transforms(spacing=None, load=False)
+    assert tuple(authors({"image": field_of_view_phantom()})["image"].shape) == (1, 24, 24, 24)  # 20 + 2 x 2
+    assert tuple(pretraining({"image": field_of_view_phantom()})["image"].shape) == (1, 8, 10, 6)  # the body (RAS in, SPL out: axes reversed)
+
+
+def test_segmentation_preprocessing_inverts_to_the_input_grid():
+    from monai.transforms import Invertd
+
+    prep = ct_fm_transforms(spacing=(2.0, 2.0, 2.0), load=False, crop_after_scaling=True, crop_margin=10, min_size=(32, 32, 32))
+    data = prep({"image": field_of_view_phantom()})
+    data["pred"] = data["image"].clone()
+    back = Invertd(keys="pred", transform=prep, orig_keys="image", nearest_interp=True)(data)["pred"]
+    assert tuple(back.shape) == (1, 30, 30, 30)
+    np.testing.assert_allclose(np.asarray(back.affine), np.eye(4), atol=1e-5)
+    assert float(back[0, 15, 15, 15]) == pytest.approx((40 + 1024) / 3072, abs=1e-3)  # the body is where it was

@@ -465,3 +465,30 @@ def test_views_go_through_the_encoder_per_crop_and_view_as_the_authors_batched_t
     assert not torch.allclose(per_view[1], joint[1], atol=1e-4)  # batch statistics differ: the choice matters
     with pytest.raises(ValueError, match="scans_per_batch"):
         forward_views(network, views[:1], True)
+
+
+def test_cross_sample_loss_split_over_processes_equals_the_whole_batch():
+    """Under DDP each process scores its anchors against the views gathered from all; averaged over processes
+    (as DDP averages gradients), that is the loss of the whole global batch."""
+    from scripts.losses import ntxent_against
+
+    z = F.normalize(torch.randn(6, 2, 16, dtype=torch.float64), dim=-1).reshape(12, 16)  # 6 scans, 1 pair each
+    whole = ntxent_against(z, z, 0, 0.1)
+    halves = [ntxent_against(z[:6], z, 0, 0.1), ntxent_against(z[6:], z, 6, 0.1)]
+    assert torch.allclose(torch.stack(halves).mean(), whole)
+    assert torch.allclose(CrossSampleNTXentLoss(0.1)(z.reshape(6, 1, 2, 16)).double(), whole)
+    assert not torch.allclose(ntxent_against(z[6:], z[6:], 0, 0.1), halves[1])  # without gathering: other negatives
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ablation", ["ablation_simclr.json", "ablation_simsiam.json", "ablation_vicreg.json"])
+def test_each_ablation_overlay_runs_one_iteration_through_the_bundle_cli(ablation, cache, tmp_path):
+    """The authors' ablation settings load as an overlay on train.json and train; tiny patches and width only."""
+    out = tmp_path / "run"
+    overrides = {**{k: v for k, v in TINY.items() if k != "crops_per_scan"}, "dataset_dir": str(cache["dir"]),
+                 "output_dir": str(out), "epochs": 1, "epoch_length": 1, "checkpoint_interval": 1}
+    if ablation == "ablation_vicreg.json":
+        overrides["head_width"] = 64  # the authors' 8192 holds 138M parameters
+    proc = run_bundle(BUNDLE, ["train.json", ablation], overrides)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "encoders" / "iteration_00000001" / "model.safetensors").exists()

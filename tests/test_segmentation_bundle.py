@@ -325,3 +325,51 @@ def test_inference_never_overwrites_a_result_and_refuses_colliding_inputs(phanto
     assert collided.returncode != 0 and not (tmp_path / "pred2").exists()
     assert f"{inputs / 'case1.nii'} and {inputs / 'case1.nii.gz'} would both write the results named 'case1'" \
         in collided.stderr
+
+
+def test_few_shot_shrinks_the_validation_set_by_the_training_share(tmp_path):
+    """train.json's validation list under num_train: 4 of 20 training cases -> 2 of 10 validation cases (nested,
+    seeded, at least one); without num_train every validation case; evaluation keeps its whole split."""
+    from monai.bundle import ConfigParser
+
+    use_bundle_scripts(BUNDLE)
+    listing = {name: [{"image": f"{name}_{i:02d}.nii.gz", "label": f"{name}_{i:02d}_seg.nii.gz"} for i in range(n)]
+               for name, n in (("training", 20), ("validation", 10))}
+    (tmp_path / "datalist.json").write_text(json.dumps(listing))
+
+    def validation_cases(num_train, config="train.json"):
+        files = [BUNDLE / "configs" / "train.json"] + ([BUNDLE / "configs" / config] if config != "train.json" else [])
+        parser = ConfigParser()
+        parser.read_config([str(f) for f in files])
+        parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(tmp_path), "num_train": num_train, "eval_split": "validation"})
+        return [Path(d["image"]).name for d in parser.get_parsed_content("validate#dataset#data")]
+
+    two, one, every = validation_cases(4), validation_cases(1), validation_cases(None)
+    assert len(two) == 2 and len(one) == 1 and set(one) <= set(two)
+    assert len(every) == 10 and len(validation_cases(4, "evaluate.json")) == 10
+
+
+def test_select_checkpoint_paper_recipe_trains_this_bundle_with_the_encoder_frozen(phantoms, ct_fm_weights, tmp_path):
+    """`ctfm select-checkpoint --recipe paper`: the authors' probe is this bundle's training with freeze_encoder
+    (their Freezer: parameters frozen, batch norm statistics still running), scored by evaluate.json on the
+    validation cases; the Dice in the table is that evaluation's macro mean."""
+    import csv as csv_module
+
+    from ctfm.cli import select_checkpoint
+    from tool_runner import run_tool
+
+    out = tmp_path / "selection"
+    args = [str(ct_fm_weights), "--recipe", "paper", "--datalist", str(phantoms["one"]), "--output-dir", str(out),
+            "--epochs", "1", "--set", "val_interval=1", "--set", "patch_size=[32,32,32]", "--set", "spacing=[4,4,4]",
+            "--set", "num_workers=0", "--set", "batch_size=1", "--bundles-dir", str(BUNDLES)]
+    assert run_tool(select_checkpoint, args) == 0
+    [row] = list(csv_module.DictReader((out / "checkpoint_dice_paper.csv").open()))
+    run = out / "paper" / ct_fm_weights.name
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert float(row["mean_dice"]) == pytest.approx(summary["macro_mean_dice"]["mean"], abs=1e-4)
+    assert not (out / "checkpoint_dice.csv").exists()  # the quick recipe's table stays apart
+    net = build_segmentation_network(out_channels=118, dsdepth=4)
+    load_network_weights(net, run / "train" / "models" / "model.pt")
+    released = read_state_dict(ct_fm_weights)
+    for name, parameter in net.encoder.named_parameters():
+        assert torch.equal(parameter, released[name]), name

@@ -5,10 +5,13 @@ In order (the authors' pretraining pipeline, ``experiments/fm/frameworks/intrasa
 1. read and check the volume (:class:`ctfm.validation.LoadCTd`);
 2. ``Orientation("SPL")``: array axis 0 toward Superior, 1 toward Posterior, 2 toward patient Left;
 3. ``Spacing(3 x 1 x 1 mm)`` (S, P, L) for pretraining and embeddings; ``None`` keeps the native grid;
-4. ``CropForeground`` on raw HU > 0, as the authors did (before scaling, so it keeps the body,
-   not the scanner's air);
-5. optionally ``SpatialPad`` to a minimum size with air (-1024 HU);
-6. ``ScaleIntensityRange(-1024..2048 HU -> 0..1, clip=True)``.
+4. ``CropForeground`` on raw HU > 0, as the authors did for pretraining (before scaling, so it keeps
+   the body, not the scanner's air);
+5. ``ScaleIntensityRange(-1024..2048 HU -> 0..1, clip=True)``;
+6. or, with ``crop_after_scaling``, ``CropForeground(margin=...)`` here instead, as the authors' segmentation
+   (``evaluation/totalseg.yaml``: scale, then ``CropForeground(margin=10)``, which keeps every voxel above
+   -1024 HU, i.e. the scanner's field of view rather than the body);
+7. optionally ``SpatialPad`` to a minimum size with air (-1024 HU, 0 once scaled).
 
 Labels (``label_key``) follow every spatial step with nearest-neighbour interpolation.
 """
@@ -28,7 +31,7 @@ from monai.transforms import (
 from monai.transforms import Spacingd as MonaiSpacingd
 
 from ctfm.io import root_cause
-from ctfm.registry import AIR_HU, EMBEDDING_SPACING, HU_MAX, HU_MIN, ORIENTATION
+from ctfm.registry import EMBEDDING_SPACING, HU_MAX, HU_MIN, ORIENTATION
 from ctfm.validation import LoadCTd
 
 # Axis labels of the world frame: MONAI readers return RAS+ affines (ITK's LPS is converted).
@@ -68,12 +71,17 @@ def ct_fm_transforms(
     require_hu: bool = True,
     nonfinite: str = "error",
     num_classes: int | None = None,
+    crop_after_scaling: bool = False,
+    crop_margin: int = 0,
 ) -> Compose:
     """The CT-FM preprocessing of a ``{"image": path[, "label": path]}`` dict (see module docstring).
 
     Args:
         spacing: target voxel size in mm along S, P, L; ``None`` keeps the native spacing.
-        crop_foreground: crop to the bounding box of voxels above 0 HU.
+        crop_foreground: crop to the bounding box of the foreground: voxels above 0 HU, or with
+            ``crop_after_scaling`` voxels above -1024 HU (the authors' segmentation recipe).
+        crop_after_scaling: crop after the intensity scaling (see the module docstring, step 6).
+        crop_margin: voxels kept around the foreground box on each side (the authors' segmentation: 10).
         min_size: pad (with air) to at least this many voxels per axis, e.g. the patch size.
         load: start with reading the files; ``False`` when the dict already holds MetaTensors.
         require_hu: reject volumes whose intensities are not Hounsfield units.
@@ -96,14 +104,16 @@ def ct_fm_transforms(
     steps.append(Orientationd(keys=keys, axcodes=ORIENTATION, labels=RAS_LABELS))
     if spacing is not None:
         steps.append(Spacingd(keys=keys, pixdim=tuple(spacing), mode=modes))
-    if crop_foreground:
-        # MONAI's default select_fn keeps x > 0, i.e. HU > 0 before scaling (the authors' choice).
-        steps.append(CropForegroundd(keys=keys, source_key=image_key, allow_smaller=True))
-    if min_size is not None:
-        steps.append(SpatialPadd(keys=image_key, spatial_size=tuple(min_size), value=AIR_HU))
-        if label_key:
-            steps.append(SpatialPadd(keys=label_key, spatial_size=tuple(min_size), value=0))
+    crop = CropForegroundd(keys=keys, source_key=image_key, margin=crop_margin, allow_smaller=True)
+    if crop_foreground and not crop_after_scaling:
+        # MONAI's default select_fn keeps x > 0, i.e. HU > 0 before scaling (the authors' pretraining).
+        steps.append(crop)
     steps.append(hu_scaling(image_key))
+    if crop_foreground and crop_after_scaling:
+        steps.append(crop)  # x > 0 once scaled: above -1024 HU (the authors' segmentation)
+    if min_size is not None:
+        # after scaling, 0 is air (-1024 HU); labels pad with background
+        steps.append(SpatialPadd(keys=keys, spatial_size=tuple(min_size), value=0))
     steps.append(EnsureTyped(keys=keys, dtype=None))
     return Compose(steps)
 

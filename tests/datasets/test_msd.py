@@ -27,9 +27,21 @@ def liver_task(tmp_path_factory) -> Path:
 # --- convert-msd -------------------------------------------------------------------------------
 
 
+def test_convert_keeps_background_organ_and_tumour_by_default_and_names_the_tumour(liver_task, tmp_path):
+    """The authors trained on the published classes and scored the tumour: the datalist says which value it is."""
+    datalist = json.loads(convert_msd(liver_task, tmp_path / "all", seed=0, num_folds=2, test_fraction=0.34).read_text())
+    assert datalist["labels"] == LIVER_LABELS and datalist["class_names"] == ["liver", "cancer"]
+    assert datalist["tumour_label"] == 2
+    for case in datalist["training"] + datalist["testing"]:
+        assert case["label"].startswith("labelsTr/") and (tmp_path / "all" / case["label"]).is_symlink()
+        linked = nib.load(tmp_path / "all" / case["label"])
+        np.testing.assert_array_equal(np.asarray(linked.dataobj), np.asarray(nib.load(liver_task / case["label"]).dataobj))
+    assert not (tmp_path / "all" / LABEL_DIR).exists()
+
+
 def test_convert_writes_binary_tumour_labels_on_the_same_grid(liver_task):
-    datalist = json.loads(convert_msd(liver_task, seed=0, num_folds=2, test_fraction=0.34).read_text())
-    assert datalist["labels"] == {"0": "background", "1": "cancer"}
+    datalist = json.loads(convert_msd(liver_task, seed=0, num_folds=2, test_fraction=0.34, labels="tumour").read_text())
+    assert datalist["labels"] == {"0": "background", "1": "cancer"} and datalist["tumour_label"] == 1
     cases = datalist["training"] + datalist["testing"]
     assert len(cases) == 6 and len(datalist["testing"]) == 2
     for case in cases:
@@ -66,9 +78,10 @@ def test_convert_refuses_a_task_whose_labels_differ(tmp_path):
 
 def test_convert_msd_cli_resumes_and_reports(liver_task, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert run_tool(convert_msd_tool, ["--task-dir", str(liver_task), "--output-dir", str(out), "--num-folds", "2"]) == 0
+    args = ["--task-dir", str(liver_task), "--output-dir", str(out), "--num-folds", "2", "--labels", "tumour"]
+    assert run_tool(convert_msd_tool, args) == 0
     first = capsys.readouterr().out
     assert first.count("tumour voxels") == 6 and f"dataroot={out}" in first
     (out / DATALIST).unlink()  # as if killed before the datalist: the labels already written are kept
-    assert run_tool(convert_msd_tool, ["--task-dir", str(liver_task), "--output-dir", str(out), "--num-folds", "2"]) == 0
+    assert run_tool(convert_msd_tool, args) == 0
     assert capsys.readouterr().out.count(": kept") == 6

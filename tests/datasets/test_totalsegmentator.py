@@ -56,3 +56,62 @@ def test_convert_totalsegmentator_names_a_foreign_structure_file(tmp_path, sampl
     )
     with pytest.raises(ValueError, match="lung_left.nii.gz.*not TotalSegmentator v2"):
         convert_totalsegmentator(source, tmp_path / "out")
+
+
+def _vista3d_split_file(path: Path, training: dict[str, int], testing: list[str], validation=None) -> Path:
+    """A made-up split in the format of VISTA3D's TotalSegmentatorV2_5_folds.json (training with folds, testing)."""
+    import json
+
+    listing = {
+        "training": [{"image": f"{c}/ct.nii.gz", "pseudo_label": f"{c}/ct.nii.gz", "label": f"{c}/seg.nii.gz", "fold": f}
+                     for c, f in training.items()],
+        "testing": [{"image": f"{c}/ct.nii.gz", "label": f"{c}/seg.nii.gz"} for c in testing],
+        "label_dict": {"1": "spleen"},
+    }
+    if validation:
+        listing["validation"] = [{"image": f"{c}/ct.nii.gz", "label": f"{c}/seg.nii.gz"} for c in validation]
+    path.write_text(json.dumps(listing))
+    return path
+
+
+def test_the_vista3d_split_file_gives_the_papers_split_and_is_recorded(tmp_path, sample_ct):
+    """meta.csv says train/val/test for s0000..s0004; the VISTA3D file overrides it: s0004 is tested, one of the
+    four training cases (52/980 of 4, rounded, at least one) is held out for validation with a fixed seed."""
+    import json
+    from collections import Counter
+
+    from ctfm.datasets.totalsegmentator import read_vista3d_split
+
+    source = tmp_path / "ts"
+    _totalseg_tree(source, sample_ct, splits=("train", "val", "test", "train", "train"))
+    split_file = _vista3d_split_file(tmp_path / "TotalSegmentatorV2_5_folds.json",
+                                     {"s0000": 0, "s0001": 1, "s0002": 2, "s0003": 3}, ["s0004"])
+    datalist = json.loads(convert_totalsegmentator(source, tmp_path / "out", split_file=split_file).read_text())
+    assert datalist["split"].startswith("vista3d (TotalSegmentatorV2_5_folds.json")
+    parts = {name: sorted(Path(i["image"]).parent.name for i in datalist[name]) for name in ("training", "validation", "testing")}
+    assert parts["testing"] == ["s0004"] and len(parts["validation"]) == 1
+    assert sorted(parts["training"] + parts["validation"]) == ["s0000", "s0001", "s0002", "s0003"]
+    # the paper's counts: 980 training cases -> 928 / 52, the 248 test cases as listed
+    cases = {f"s{n:04d}" for n in range(1228)}
+    big = _vista3d_split_file(tmp_path / "big.json", {f"s{n:04d}": n % 5 for n in range(980)},
+                              [f"s{n:04d}" for n in range(980, 1228)])
+    counts = Counter(read_vista3d_split(big, cases).values())
+    assert counts == {"training": 928, "validation": 52, "testing": 248}
+    assert read_vista3d_split(big, cases) == read_vista3d_split(big, cases)  # seeded: the same draw every time
+    # a file with its own validation list is taken as it is
+    own = _vista3d_split_file(tmp_path / "own.json", {"s0000": 0, "s0001": 0}, ["s0002"], validation=["s0003", "s0004"])
+    assert read_vista3d_split(own, {f"s{n:04d}" for n in range(5)})["s0003"] == "validation"
+
+
+def test_the_official_split_is_the_default_and_a_mismatched_split_file_is_refused(tmp_path, sample_ct):
+    import json
+
+    source = tmp_path / "ts"
+    _totalseg_tree(source, sample_ct, splits=("train", "test"))
+    assert json.loads(convert_totalsegmentator(source, tmp_path / "a").read_text())["split"] == "official (meta.csv)"
+    with pytest.raises(ValueError, match="needs --split-file"):
+        convert_totalsegmentator(source, tmp_path / "b", split="vista3d")
+    wrong = _vista3d_split_file(tmp_path / "wrong.json", {"s0000": 0, "s0009": 1}, ["s0001"])
+    with pytest.raises(ValueError, match=r"wrong.json does not match the dataset.*s0009"):
+        convert_totalsegmentator(source, tmp_path / "c", split_file=wrong)
+    assert not (tmp_path / "c" / "datalist.json").exists()

@@ -118,3 +118,34 @@ def test_side_by_side_table_of_two_runs(hand_made, tmp_path, capsys):
     # Dice over the 4 cases with tumour in the truth: A (0 + 2/3 + 1 + 0) / 4, B finds liver_4 (Dice 1)
     assert cells[2].startswith("0.417 (") and cells[3].startswith("0.667 (")
     assert table_file.read_text().splitlines()[2] == row
+
+
+def test_a_three_class_run_is_scored_on_the_tumour_the_datalist_names(tmp_path):
+    """MSD as the authors: trained on background / liver / tumour (convert-msd's default), scored on the tumour
+    (label 2, from the datalist) only: a prediction that misses the liver keeps Dice 1, one that calls the
+    tumour liver gets Dice 0."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "auto3dseg_algo"))
+    from tiny_example import write_msd_like_task
+
+    from ctfm.datasets.msd import convert_msd
+
+    task = write_msd_like_task(tmp_path / "msd", num=3, spacing=(4.0, 4.0, 4.0))
+    datalist = convert_msd(task, num_folds=1, test_fraction=0.67)
+    testing = json.loads(datalist.read_text())["testing"]
+    assert len(testing) == 2
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for case, rule in zip(testing, ({1: 0}, {2: 1})):  # drop the liver; call the tumour liver
+        truth = nib.load(task / case["label"])
+        data = np.asarray(truth.dataobj).copy()
+        assert (data == 2).any() and (data == 1).any()
+        for old, new in rule.items():
+            data[data == old] = new
+        nib.save(nib.Nifti1Image(data, truth.affine), preds / Path(case["image"]).name)
+    summary = evaluate_tumour(datalist, preds, tmp_path / "eval")
+    assert summary["label_value"] == 2
+    rows = list(csv.DictReader((tmp_path / "eval" / "per_case.csv").open()))
+    assert [float(r["dice"]) for r in rows] == [1.0, 0.0]
+    assert summary["dice"]["mean"] == pytest.approx(0.5)

@@ -64,7 +64,7 @@ def from_data_analysis(stats: ConfigParser, user: dict) -> dict:
     if labels != list(range(len(labels))):
         raise ValueError(
             f"the label maps hold the values {labels}; ctfmsegresnet needs consecutive classes 0..N-1. "
-            "For an MSD tumour task, write tumour-only labels first: ctfm convert-msd --task-dir <TaskXX_Name>."
+            "For an MSD tumour task, convert it first: ctfm convert-msd --task-dir <TaskXX_Name>."
         )
     spacing = [float(s) for s in stats["stats_summary#image_stats#spacing#median"]]
     size_mm = np.asarray(stats["stats_summary#image_stats#sizemm#percentile_99_5"], dtype=float)

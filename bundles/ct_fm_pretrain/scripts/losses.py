@@ -8,6 +8,8 @@ over scans, so patches of other scans never act as negatives (CT-FM, paper Metho
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from monai.utils import look_up_option
 from torch import nn
@@ -15,7 +17,7 @@ from torch import nn
 # framework -> what it is; the one list the config's `framework` id is checked against.
 FRAMEWORKS = {
     "simclr_intrasample": "SimCLR with negatives from the same scan only (CT-FM)",
-    "simclr": "classic SimCLR: every other patch of the batch is a negative (ablation)",
+    "simclr": "classic SimCLR: every other patch of the batch, on every GPU, is a negative (ablation)",
     "simsiam_intrasample": "SimSiam, criterion averaged inside each scan (ablation)",
     "vicreg_intrasample": "VICReg, criterion computed inside each scan (ablation)",
 }
@@ -52,14 +54,35 @@ class IntraSampleNTXentLoss(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), positives.flatten())
 
 
-class CrossSampleNTXentLoss(IntraSampleNTXentLoss):
-    """Classic SimCLR: all patches of the batch form one group, so other scans' patches are negatives."""
+def ntxent_against(anchors: torch.Tensor, candidates: torch.Tensor, offset: int, temperature: float) -> torch.Tensor:
+    """Symmetric NT-Xent of normalised ``anchors`` (rows: patch 0 view 0, patch 0 view 1, ...) against every row
+    of ``candidates``, where ``anchors[i]`` is ``candidates[offset + i]``: its positive is the other view of its
+    patch, every other candidate a negative. ``offset`` is even (whole pairs), so the pair of row k is k ^ 1."""
+    own = torch.arange(anchors.shape[0], device=anchors.device) + offset
+    logits = anchors @ candidates.T / temperature
+    logits = logits.masked_fill(own[:, None] == torch.arange(candidates.shape[0], device=anchors.device)[None], float("-inf"))
+    return F.cross_entropy(logits, own ^ 1)
 
-    def __init__(self, temperature: float = 0.1):
-        super().__init__(temperature, symmetric=True)
+
+class CrossSampleNTXentLoss(nn.Module):
+    """Classic SimCLR, the authors' cross-sample ablation (lightly's ``NTXentLoss(gather_distributed=True)``): every
+    other view of the batch is a negative, and under DDP the views of every process too.
+
+    Each process scores its own anchors against the views gathered from all processes (with gradients), and DDP
+    averages the gradients, so the loss is the one of the whole global batch.
+    """
+
+    def __init__(self, temperature: float = 0.1, gather_distributed: bool = True):
+        super().__init__()
+        self.temperature, self.gather_distributed = temperature, gather_distributed
 
     def forward(self, projection: torch.Tensor, prediction: torch.Tensor | None = None) -> torch.Tensor:
-        return super().forward(projection.flatten(0, 1)[None])
+        z = F.normalize(projection.float(), dim=-1).reshape(-1, projection.shape[-1])  # (scan, crop, view) rows
+        candidates, offset = z, 0
+        if self.gather_distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            candidates = torch.cat(dist_nn.all_gather(z))  # differentiable: negatives from every GPU
+            offset = dist.get_rank() * z.shape[0]
+        return ntxent_against(z, candidates, offset, self.temperature)
 
 
 class IntraSampleSimSiamLoss(nn.Module):

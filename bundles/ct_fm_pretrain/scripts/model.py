@@ -29,15 +29,20 @@ def mlp(*widths: int, batch_norm: bool, last_norm: bool = False) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-def build_projection_head(framework: str) -> nn.Module:
-    """Head of each framework, with its original paper's shape (the width scaled to a 512-d encoder)."""
+# The authors' VICReg expander (lightly's BarlowTwinsProjectionHead(512, 8192, 8192), models/frameworks/vicreg.py).
+VICREG_WIDTH = 8192
+
+
+def build_projection_head(framework: str, width: int | None = None) -> nn.Module:
+    """Head of each framework, as the authors built it; ``width`` overrides the VICReg expander's (default 8192)."""
     framework = check_framework(framework)
     if framework.startswith("simclr"):
         # The authors' lightly SimCLRProjectionHead(512, 256, 128, batch_norm=False).
         return mlp(EMBEDDING_DIM, 256, 128, batch_norm=False)
     if framework == "simsiam_intrasample":
         return SimSiamHead()
-    return mlp(EMBEDDING_DIM, 2048, 2048, 2048, batch_norm=True)  # VICReg expander (8192 wide for ResNet-50)
+    width = width or VICREG_WIDTH
+    return mlp(EMBEDDING_DIM, width, width, width, batch_norm=True)  # 3 layers, BN + ReLU between
 
 
 class SimSiamHead(nn.Module):
@@ -59,11 +64,11 @@ class PretrainingNetwork(nn.Module):
     State-dict keys: ``embedder.encoder.*`` (the CT-FM encoder), ``head.*``.
     """
 
-    def __init__(self, framework: str = "simclr_intrasample"):
+    def __init__(self, framework: str = "simclr_intrasample", head_width: int | None = None):
         super().__init__()
         self.framework = check_framework(framework)
         self.embedder = CTFMEmbedder()
-        self.head = build_projection_head(framework)
+        self.head = build_projection_head(framework, head_width)
 
     def forward(self, x: torch.Tensor, project: bool = False):
         embedding = self.embedder(x)

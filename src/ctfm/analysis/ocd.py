@@ -7,6 +7,17 @@ the distance in cm between the centre of that box and the structure's centroid i
 inside rate is the fraction of targets whose best-match centre falls inside the structure. Scans
 without the structure are skipped (the paper compares only scans that contain it).
 
+Two inside tests are reported side by side: ``inside`` (strict: the structure holds the match's voxel)
+and ``inside_lenient``, the authors' test (``scripts/semantic_search_quantitative.py``:
+``match_point in label_indices`` on tensors, which is true when any voxel of the structure shares one
+coordinate with the match on the same axis, i.e. the match lies in the structure's span along at least
+one axis); it is the one behind the paper's inside figure.
+
+``protocol="paper"`` is the authors' setting of that script (:data:`PAPER_PROTOCOL`): a 1 mm isotropic
+grid, a 64^3 box, windows at overlap 0.625 (stride 24), each window cropped and embedded on its own
+(``method="windows"``). The default is the project's faster search (3 x 1 x 1 mm, 16 x 64 x 64 box,
+one encoder pass per scan).
+
 Input: a decathlon-style datalist whose entries have "image" and a "label" map. Each target's row
 is appended to ``ocd.csv`` as soon as it is done, so a killed run resumes where it stopped;
 ``summary.json`` holds the mean +- sd, a bootstrap 95% interval, and the inside rate.
@@ -24,7 +35,10 @@ from ctfm.analysis.search import DEFAULT_BOX, DEFAULT_STRIDE
 
 SETTINGS_FILE = "ocd_settings.json"  # weights sha256 and every setting: one folder never mixes two
 FIELDS = ["target", "ocd_cm", "inside", "similarity", "match_x_mm", "match_y_mm", "match_z_mm",
-          "centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]
+          "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "inside_lenient"]
+PROTOCOLS = ("project", "paper")
+# The authors' OCD script: Spacing [1, 1, 1], patch (64, 64, 64), SlidingWindowSplitter overlap 0.625.
+PAPER_PROTOCOL = {"spacing": (1.0, 1.0, 1.0), "box": (64, 64, 64), "stride": (24, 24, 24), "method": "windows"}
 
 
 def structure_id(structure: str | int) -> int:
@@ -51,11 +65,18 @@ def label_centroid_world(label, structure: int) -> np.ndarray | None:
     return voxel_to_world(label.affine, voxels.mean(axis=0)) if len(voxels) else None
 
 
+def inside_lenient(label: np.ndarray, voxel, structure: int) -> bool:
+    """The authors' inside test: some voxel of ``structure`` shares a coordinate with ``voxel`` on the same axis."""
+    voxels = np.argwhere(label == structure)
+    return bool((voxels == np.asarray(voxel)).any())
+
+
 def organ_centroid_distance(datalist, weights, output_dir, dataset_dir=None, structure="heart", source_index=0,
                             box=DEFAULT_BOX, stride=DEFAULT_STRIDE, method="pooled", spacing=None, batch_size=8,
-                            device="cpu", encoder=None, overwrite: bool = False) -> dict:
-    """OCD (cm) and inside rate over a datalist (module docstring); resumes from ``ocd.csv``; returns the summary.
+                            device="cpu", encoder=None, overwrite: bool = False, protocol="project") -> dict:
+    """OCD (cm) and inside rates over a datalist (module docstring); resumes from ``ocd.csv``; returns the summary.
 
+    ``protocol="paper"`` replaces ``box``, ``stride``, ``method`` and ``spacing`` with :data:`PAPER_PROTOCOL`.
     ``ocd_settings.json`` records the weights' sha256 and every setting; a rerun with others into the same
     folder is refused (its rows would be mixed with these). ``overwrite`` starts the folder over instead.
     """
@@ -69,6 +90,10 @@ def organ_centroid_distance(datalist, weights, output_dir, dataset_dir=None, str
     from ctfm.validation import check_files_exist, load_volume
     from ctfm.weights import load_pretrained, weights_sha256
 
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r}: expected one of {PROTOCOLS}.")
+    if protocol == "paper":
+        box, stride, method, spacing = (PAPER_PROTOCOL[k] for k in ("box", "stride", "method", "spacing"))
     spacing = tuple(spacing or EMBEDDING_SPACING)
     sid_label = structure_id(structure)
     cases = [c for c in datalist_entries(datalist, dataset_dir) if isinstance(c.get("label"), str)]
@@ -114,14 +139,21 @@ def organ_centroid_distance(datalist, weights, output_dir, dataset_dir=None, str
         voxel = np.clip(np.round(world_to_voxel(label.affine, world)).astype(int), 0, np.array(label.shape[1:]) - 1)
         rows.append({"target": str(case["image"]), "ocd_cm": round(float(np.linalg.norm(world - centroid)) / 10, 4),
                      "inside": int(label[0][tuple(voxel)] == sid_label),
+                     "inside_lenient": int(inside_lenient(np.asarray(label[0]), voxel, sid_label)),
                      "similarity": round(float(match.similarity[match.best]), 6),
                      **dict(zip(FIELDS[4:7], np.round(world, 2))), **dict(zip(FIELDS[7:], np.round(centroid, 2)))})
         write_text_atomic(table, csv_text(FIELDS, rows))  # after each target: a kill loses none, and no half row
+
+    def rate(flags):  # rows of an older ocd.csv lack the lenient column: counted where present
+        known = [int(v) for v in flags if v not in (None, "")]
+        return float(np.mean(known)) if known else float("nan")
+
     ocd = np.array([float(r["ocd_cm"]) for r in rows])
     mean, low, high = bootstrap_ci(ocd)
     summary = {"structure": structure, "structure_id": sid_label, "source": str(source["image"]),
                "n_targets": len(rows), "ocd_cm_mean": mean, "ocd_cm_sd": float(ocd.std(ddof=1)) if len(ocd) > 1 else 0.0,
-               "ocd_cm_ci95": [low, high], "inside_rate": float(np.mean([int(r["inside"]) for r in rows])) if rows else float("nan"),
-               "method": method, "box": list(box), "stride": list(stride), "spacing": list(spacing)}
+               "ocd_cm_ci95": [low, high], "inside_rate": rate([r["inside"] for r in rows]),
+               "inside_rate_lenient": rate([r.get("inside_lenient") for r in rows]),
+               "protocol": protocol, "method": method, "box": list(box), "stride": list(stride), "spacing": list(spacing)}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -20,7 +20,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--predictions", type=Path, help="folder of predicted label maps (searched recursively)")
     parser.add_argument("--output-dir", type=Path, help="where per_case.csv and summary.json go")
     parser.add_argument("--key", default="testing", help="datalist list to evaluate (default: testing)")
-    parser.add_argument("--label-value", type=int, default=1, help="tumour value in both maps (default: 1)")
+    parser.add_argument("--label-value", type=int, default=None,
+                        help="tumour value in both maps (default: the datalist's tumour_label, else 1)")
     parser.add_argument("--run-name", default=None, help="name of the run in the table (default: the predictions folder)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing summary in --output-dir")
     parser.add_argument("--compare", nargs=2, action="append", metavar=("RUN_A", "RUN_B"),

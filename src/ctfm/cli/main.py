@@ -57,7 +57,7 @@ SUMMARIES: dict[str, str] = {
     "statistics": "volume and HU statistics per structure of an existing label map",
     "info": "versions, conventions and the class map, without loading weights",
     "idc-manifest": "rebuild the paper's pretraining CT series list from the Imaging Data Commons",
-    "convert-msd": "MSD CT tumour tasks (Liver, Lung, Pancreas, HepaticVessel) -> tumour-only labels, seeded datalist",
+    "convert-msd": "MSD CT tumour tasks (Liver, Lung, Pancreas, HepaticVessel) -> datalist (background / organ / tumour), seeded split",
     "evaluate-tumour": "tumour Dice and surface distance (mm) per case with 95 percent CIs; side-by-side table of runs",
     "convert-totalsegmentator": "TotalSegmentator v2 dataset -> label maps and a datalist with the official split",
     "compare-segmentation": "compare two segmentation evaluations: per-structure win rate, group means, figure",
@@ -83,7 +83,8 @@ PATH_OPTIONS = frozenset({
     "a", "b", "bundles_dir", "cache_dir", "compare", "corpus", "cq500_dir", "ct_index", "datalist", "dataroot",
     "dataset_dir", "download_dir", "embeddings", "encoders", "image", "input", "inputs", "label_groups", "labels",
     "lists", "organmnist", "output", "output_dir", "predictions", "queries", "reads", "retest", "scans", "seg",
-    "sinoct_dir", "source", "table", "targets", "task_dir", "test", "transform", "volume_geometry_index", "weights",
+    "sinoct_dir", "source", "split_file", "table", "targets", "task_dir", "test", "transform", "volume_geometry_index",
+    "weights",
 })  # fmt: skip
 
 

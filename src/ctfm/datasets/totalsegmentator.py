@@ -7,8 +7,17 @@ Input is the published layout (Zenodo record 10047292)::
     <source>/s0000/segmentations/<structure>.nii.gz   one binary mask per structure (117 files)
 
 Output (``output``): ``labels/<case>.nii.gz`` (uint8 TotalSegmentator v2 "total" ids on the CT's
-grid) and ``datalist.json`` with the official split as "training" / "validation" / "testing";
-image paths point at the source CTs, relative to the output folder (so ``dataset_dir`` is the
+grid) and ``datalist.json`` with "training" / "validation" / "testing" and, under "split", which split
+made them. The split is the paper's, VISTA3D's (928 / 52 / 248 cases), when its file is given
+(``split_file``: the datalist JSON of the MONAI VISTA3D bundle, ``TotalSegmentatorV2_5_folds.json``;
+not shipped here, it is not ours to redistribute); the dataset's own ``meta.csv`` split otherwise.
+
+VISTA3D's file lists 980 "training" cases (five folds) and 248 "testing" cases. The authors held out
+52 of the 980 for validation; which 52 is not public, so, unless the file has its own "validation"
+list, the same share (52 of 980, rounded, at least one) is drawn from the training cases with a
+fixed seed: the counts and the test set are the paper's, the validation cases a reproducible draw.
+
+Image paths point at the source CTs, relative to the output folder (so ``dataset_dir`` is the
 output folder). Label maps already written are kept, so a killed run resumes where it stopped;
 the datalist is written last, and an existing one is never replaced without ``overwrite``.
 """
@@ -16,7 +25,9 @@ the datalist is written last, and an existing one is never replaced without ``ov
 from __future__ import annotations
 
 import csv
+import json
 import os
+import random
 from pathlib import Path
 
 from ctfm.datasets.datalist import refuse_existing, write_datalist
@@ -24,6 +35,9 @@ from ctfm.io import atomic_path, strip_volume_suffix
 
 SPLITS = {"train": "training", "val": "validation", "test": "testing"}
 DATALIST = "datalist.json"
+SPLIT_CHOICES = ("official", "vista3d")
+VISTA3D_VALIDATION = (52, 980)  # the paper's validation cases, of VISTA3D's training cases
+VISTA3D_SEED = 0
 
 
 def read_meta(source: Path) -> dict[str, str]:
@@ -41,6 +55,37 @@ def read_meta(source: Path) -> dict[str, str]:
     if unknown:
         raise ValueError(f"{meta}: unknown split values {unknown}; expected {sorted(SPLITS)}.")
     return {r["image_id"]: SPLITS[r["split"]] for r in rows}
+
+
+def read_vista3d_split(split_file: Path, cases: set[str]) -> dict[str, str]:
+    """Case id -> datalist split name, from VISTA3D's datalist JSON (see module docstring)."""
+    try:
+        listing = json.loads(split_file.read_text())
+        parts = {name: [Path(item["image"]).parent.name for item in listing.get(name, [])] for name in SPLITS.values()}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{split_file}: no such split file; pass VISTA3D's TotalSegmentatorV2_5_folds.json.") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ValueError(
+            f"{split_file}: not a VISTA3D datalist ({err}); expected JSON with \"training\" and \"testing\" lists "
+            'of {"image": "s0000/ct.nii.gz", ...} (the MONAI VISTA3D bundle\'s TotalSegmentatorV2_5_folds.json).'
+        ) from None
+    if not parts["training"] or not parts["testing"]:
+        raise ValueError(f"{split_file}: needs non-empty \"training\" and \"testing\" lists (VISTA3D's datalist format).")
+    if not parts["validation"]:
+        share, of = VISTA3D_VALIDATION
+        training = sorted(parts["training"])
+        held_out = set(random.Random(VISTA3D_SEED).sample(training, max(1, round(len(training) * share / of))))
+        parts["training"] = [c for c in training if c not in held_out]
+        parts["validation"] = sorted(held_out)
+    splits = {case: name for name, listed in parts.items() for case in listed}
+    unlisted, absent = sorted(cases - set(splits)), sorted(set(splits) - cases)
+    if unlisted or absent:
+        raise ValueError(
+            f"{split_file} does not match the dataset: {len(unlisted)} case(s) of the source are not in it "
+            f"(e.g. {unlisted[:3]}) and {len(absent)} listed case(s) are not in the source (e.g. {absent[:3]}). "
+            "Use the split file of this dataset version (TotalSegmentator v2, 1228 cases), or --split official."
+        )
+    return splits
 
 
 def case_label_map(case_dir: Path, name_to_id: dict[str, int]):
@@ -71,15 +116,40 @@ def case_label_map(case_dir: Path, name_to_id: dict[str, int]):
     return out, len(masks)
 
 
-def convert_totalsegmentator(source: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``labels/<case>.nii.gz`` and ``datalist.json`` (see module docstring); returns the datalist path."""
+def convert_totalsegmentator(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    overwrite: bool = False,
+    split: str | None = None,
+    split_file: str | os.PathLike | None = None,
+) -> Path:
+    """Write ``labels/<case>.nii.gz`` and ``datalist.json`` (see module docstring); returns the datalist path.
+
+    Args:
+        split: ``"vista3d"`` (the paper's; needs ``split_file``) or ``"official"`` (``meta.csv``);
+            ``None`` picks ``"vista3d"`` when ``split_file`` is given, ``"official"`` otherwise.
+        split_file: VISTA3D's datalist JSON.
+    """
     import nibabel as nib
 
     from ctfm.registry import TOTALSEG_NUM_CLASSES, totalsegmentator_ids
 
     source, output = Path(source), Path(output)
     datalist_path = refuse_existing(output / DATALIST, overwrite)
+    split = split or ("vista3d" if split_file else "official")
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split {split!r}: expected one of {SPLIT_CHOICES}.")
+    if split == "vista3d" and not split_file:
+        raise ValueError(
+            "--split vista3d needs --split-file: VISTA3D's TotalSegmentatorV2_5_folds.json (from the MONAI VISTA3D "
+            "bundle or github.com/Project-MONAI/VISTA, vista3d/data/jsons); or use --split official."
+        )
     splits = read_meta(source)
+    if split == "vista3d":
+        splits = read_vista3d_split(Path(split_file), set(splits))
+        split_used = f"vista3d ({Path(split_file).name}, validation drawn with seed {VISTA3D_SEED} unless listed)"
+    else:
+        split_used = "official (meta.csv)"
     missing = [c for c in splits if not (source / c / "ct.nii.gz").is_file()]
     if missing:
         raise FileNotFoundError(
@@ -109,6 +179,7 @@ def convert_totalsegmentator(source: str | os.PathLike, output: str | os.PathLik
         "description": "converted by `ctfm convert-totalsegmentator`: per-structure masks -> one label map per case",
         "labels": {"0": "background", **{str(i): n for n, i in sorted(name_to_id.items(), key=lambda kv: kv[1])}},
         "source": str(source.resolve()),
+        "split": split_used,
         "license": "CC BY 4.0 (TotalSegmentator dataset, Wasserthal et al.)",
         "cases_with_missing_structure_files": incomplete,
         **lists,

@@ -4,7 +4,9 @@ side-by-side table of two runs (CT-FM vs baseline) as in the paper's MSD compari
 Evaluate one run: every case of the datalist's ``key`` list (default "testing") is matched to the label
 map in ``predictions`` whose name is the image's name plus an optional letters-only suffix, anywhere
 below the folder (liver_3.nii.gz -> liver_3_ensemble.nii.gz from AutoRunner, liver_3_seg.nii.gz from the
-template's infer.py). The tumour is ``label_value`` (default 1) in both maps; maps must share a grid.
+template's infer.py). The tumour is ``label_value`` in both maps (default: the datalist's "tumour_label", which
+``ctfm convert-msd`` writes, else 1), so a model trained on background / organ / tumour is scored on the
+tumour alone, as the authors scored it; maps must share a grid.
 
 Metrics follow the CT-FM authors' evaluation (their notebooks/tumor-seg-eval/evaluate.ipynb):
   ``dice``    MONAI Dice of the tumour, averaged over the cases whose truth holds tumour (a case with an
@@ -84,7 +86,7 @@ def evaluate_tumour(
     output_dir: str | Path,
     dataroot: str | Path | None = None,
     key: str = "testing",
-    label_value: int = 1,
+    label_value: int | None = None,
     run_name: str | None = None,
     overwrite: bool = False,
 ) -> dict:
@@ -94,6 +96,9 @@ def evaluate_tumour(
     if not predictions.is_dir():
         raise FileNotFoundError(f"{predictions}: no such folder of predicted label maps.")
     cases = load_decathlon_datalist(str(datalist), True, key, str(dataroot or datalist.parent))
+    listing = json.loads(datalist.read_text())
+    if label_value is None:
+        label_value = int(listing.get("tumour_label", 1))
     found = {c["image"]: find_prediction(predictions, c["image"]) for c in cases}
     missing = [Path(image).name for image, p in found.items() if p is None]
     if missing:
@@ -108,7 +113,7 @@ def evaluate_tumour(
         asd = f"{row['asd_mm']:.2f} mm" if math.isfinite(row["asd_mm"]) else "n/a"
         print(f"[{k}/{len(cases)}] {row['case']}: Dice {row['dice']:.3f}  ASD {asd}  {row['status']}", flush=True)
     summary = summarise(rows)
-    summary.update(run=run_name or predictions.name, task=json.loads(datalist.read_text()).get("name", datalist.stem),
+    summary.update(run=run_name or predictions.name, task=listing.get("name", datalist.stem),
                    datalist=str(datalist), predictions=str(predictions), key=key, label_value=label_value)
     write_text_atomic(output_dir / PER_CASE, csv_text(list(rows[0]), rows))
     write_text_atomic(output_dir / SUMMARY, json.dumps(summary, indent=2))  # last: it marks the run as evaluated
