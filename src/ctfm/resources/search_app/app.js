@@ -151,23 +151,24 @@ class Viewer {
 
   show(job, result) {
     this.job = job;
-    this.shown = `${job}:${result.provisional}`;
+    this.shown = `${job}:${result.stage}`;
     this.marker = { centre: result.centre_grid, box: result.box };
     this.result.innerHTML = "";
     const line = document.createElement("div");
     line.className = "match";
     line.dataset.worldMm = JSON.stringify(result.world_mm);
     line.dataset.fileVoxel = JSON.stringify(result.file_voxel);
-    line.textContent = `${result.provisional ? "provisional match (every 16th window; refining...)" : "best match"}: ` +
+    line.dataset.stage = result.stage;
+    const label = result.stage === "coarse" ? "coarse match (coarser grid, fewer windows; refining...)" : "best match";
+    line.textContent = `${label}: ` +
       `${fmt(result.world_mm, 2)} mm (world RAS); file voxel ${fmt(result.file_voxel)}; ` +
-      `cosine similarity ${result.similarity.toFixed(3)}`;
-    if (!result.provisional) line.dataset.final = "true";
+      `cosine similarity ${result.similarity.toFixed(3)} (after ${result.seconds} s)`;
     this.result.appendChild(line);
     this.layout();
   }
 }
 
-// each target's match as it comes: a provisional one after a new scan's first encoder pass, then the final one
+// each target's match as it comes: a coarse one first for a scan the encoder has not seen, then the final one
 async function showResults(job, wanted) {
   for (const result of job.results) {
     const viewer = state.viewers[`target:${result.target}`];
@@ -220,7 +221,7 @@ async function runSearch() {
       $("progress-bar").max = job.steps;
       $("progress-bar").value = job.step;
       $("progress-text").textContent = `${job.message} (${job.elapsed} s)`;
-      await showResults(job, (viewer, result) => viewer.shown !== `${job.id}:${result.provisional}`);
+      await showResults(job, (viewer, result) => viewer.shown !== `${job.id}:${result.stage}`);
       await new Promise((resolve) => setTimeout(resolve, 300));
       job = await getJSON(`/api/job?id=${job.id}`);
     }
