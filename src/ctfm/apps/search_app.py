@@ -316,8 +316,7 @@ class SearchSession:
         if cold and self._coarse_differs(job.box):
             job.steps += len(cold)
             self._coarse_matches(job, centre, cold, step)
-        first = " (an encoder pass over it)" if self._passes_needed(job.source) else ""
-        step(f"embedding the query box in {job.source}{first}")
+        step(f"embedding the query box in {job.source} (an encoder pass over it, unless its passes are done)")
         query = query_embedding(self.model, src.image, centre, job.box, "pooled", device=self.device,
                                 precision=self.precision, maps=self._maps[job.source])
         job.query = {"source": job.source, "centre_grid": centre.tolist(), "start_grid": start.tolist(),
