@@ -98,6 +98,8 @@ def _search(page, targets, click=(0.5, 0.5)):
 
 
 def _shown_matches(page) -> dict:
+    """Each target's match on the page, once the search is done: the final one (a coarse one may come first)."""
+    assert {m.get_attribute("data-stage") for m in page.query_selector_all("#target-viewers .match")} == {"final"}
     return {v.get_attribute("data-scan"): json.loads(v.query_selector(".match").get_attribute("data-world-mm"))
             for v in page.query_selector_all("#target-viewers .viewer")}
 

@@ -275,14 +275,15 @@ class SearchSession:
 
         def encode():
             try:
+                image = self.scan(sid).image  # read outside the encoder's lock: a search may run meanwhile
                 for n, offset in enumerate(pass_offsets(self.stride), start=1):
                     while self._waiting:
                         time.sleep(0.1)
                     with self._compute:
                         print(f"[prepare] encoder pass {n} over {sid}", flush=True)
                         # the unpadded scan: a window grid's padding stays within the encoder's own (multiples of 16)
-                        shifted_feature_map(self.model, self.scan(sid).image, offset, device=self.device,
-                                            precision=self.precision, maps=self._maps[sid])
+                        shifted_feature_map(self.model, image, offset, device=self.device, precision=self.precision,
+                                            maps=self._maps[sid])
             except Exception as err:  # the search on this scan raises it again, on the page
                 print(f"[prepare] {sid}: {err}", flush=True)
 
