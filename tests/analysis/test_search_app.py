@@ -121,6 +121,8 @@ def test_search_app_in_a_browser_shows_the_cli_match_and_survives_bad_requests(p
     query_mm = json.loads(page.get_attribute("#query", "data-world-mm"))
     # searching the source itself finds the query box again (identical content, identical embedding)
     assert np.allclose(shown["abdomen_ct"], query_mm, atol=0.011), (shown, query_mm)
+    # the source's background encoding is shown in its title until it is done
+    page.wait_for_function("document.querySelector('#source-viewer .encoding').textContent === 'encoded'")
     # the heatmap is blended over the CT in each target view: coloured pixels, where the CT alone is grey
     coloured = page.evaluate("""() => [...document.querySelectorAll('#target-viewers canvas')].map(c => {
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
@@ -195,6 +197,7 @@ def test_a_new_target_shows_a_coarse_match_first_then_the_final_one_equal_to_the
     folder.mkdir()
     for path in (sample_ct.abdomen_ct, sample_ct.chest_nrrd):
         (folder / path.name).symlink_to(path)
+    shutil.copytree(sample_ct.dicom_dir, folder / "abdomen_dicom")  # a series folder: found by walking, so copied
     spacing, stride, box = (6.0, 6.0, 6.0), (8, 16, 16), (16, 32, 32)  # box 16 x 32 x 32: coarse grid 1 x 2 x 2
     session = SearchSession(list_scans(folder), weights, stride, spacing, precision="bf16")
 
@@ -228,3 +231,12 @@ def test_a_new_target_shows_a_coarse_match_first_then_the_final_one_equal_to_the
 
     again = search([20, 10, 40], ["chest_ct"])
     assert [t["stage"] for t in again.timeline] == ["final"]  # its passes are cached: nothing coarse to show
+    assert session.encoded()["chest_ct"] == (2, 2)  # stride 8 along S: passes shifted by 0 and 8 voxels
+
+    # a scan picked on the page is encoded in the background: its first search has nothing coarse to show either
+    session.prepare("abdomen_dicom")
+    for _ in range(1200):
+        if session.encoded().get("abdomen_dicom") == (2, 2):
+            break
+        time.sleep(0.1)
+    assert [t["stage"] for t in search([28, 24, 30], ["abdomen_dicom"]).timeline] == ["final"]

@@ -266,7 +266,8 @@ class SearchSession:
         """Run a scan's encoder passes in the background (the page asks when a scan is picked), so the first search
         on it only pools. Any window size shares them; a read error is reported by the search that needs the scan.
         One pass at a time, after any waiting search: a search waits for at most the pass under way."""
-        from ctfm.analysis.patch_embeddings import pass_offsets, shifted_feature_map
+        from ctfm.analysis.patch_embeddings import (STAGE_STRIDE, covering_shape, pad_to, pass_offsets,
+                                                    shifted_feature_map)
 
         self._check_known(sid)
         if sid in self._prepared:
@@ -276,12 +277,13 @@ class SearchSession:
         def encode():
             try:
                 image = self.scan(sid).image  # read outside the encoder's lock: a search may run meanwhile
+                # padded as for windows of 16 voxels (pooled_window_embeddings): the encoder's input for any box
+                image = pad_to(image, covering_shape(image.shape[1:], [STAGE_STRIDE] * 3, self.stride))
                 for n, offset in enumerate(pass_offsets(self.stride), start=1):
                     while self._waiting:
                         time.sleep(0.1)
                     with self._compute:
                         print(f"[prepare] encoder pass {n} over {sid}", flush=True)
-                        # the unpadded scan: a window grid's padding stays within the encoder's own (multiples of 16)
                         shifted_feature_map(self.model, image, offset, device=self.device, precision=self.precision,
                                             maps=self._maps[sid])
             except Exception as err:  # the search on this scan raises it again, on the page
@@ -289,10 +291,17 @@ class SearchSession:
 
         threading.Thread(target=encode, daemon=True).start()
 
-    def _passes_needed(self, sid: str) -> bool:
+    def encoded(self) -> dict[str, tuple[int, int]]:
+        """Per scan read so far: encoder passes done and passes its window grid needs (the page shows them)."""
         from ctfm.analysis.patch_embeddings import pass_offsets
 
-        return len(self._maps.get(sid) or ()) < len(pass_offsets(self.stride))
+        needed = len(pass_offsets(self.stride))
+        # a query's pass is one of the grid's (the box is snapped to it), so the passes kept are the grid's
+        return {sid: (min(len(maps), needed), needed) for sid, maps in list(self._maps.items())}
+
+    def _passes_needed(self, sid: str) -> bool:
+        done, needed = self.encoded().get(sid, (0, 1))
+        return done < needed
 
     def _coarse_scan(self, sid: str, factor) -> tuple:
         """The scan ``sid`` shrunk by ``factor`` and the cache of its encoder passes (the full grid's own when the
@@ -352,8 +361,8 @@ class SearchSession:
                                 maps=maps, **options)
         for n, tid in enumerate(targets, start=1):
             job.step += 1
-            step(f"coarse match {n}/{len(targets)}: one encoder pass over {tid} on a {'x'.join(map(str, factor))} "
-                 "coarser grid")
+            merged = f", voxels merged {' x '.join(map(str, factor))}" if any(f > 1 for f in factor) else ""
+            step(f"coarse match {n}/{len(targets)}: one encoder pass over {tid}{merged}")
             image, maps = self._coarse_scan(tid, factor)
             match = search_image(self.model, query, image, box, stride, "pooled", progress=False, maps=maps, **options)
             self._publish(job, tid, match, "coarse", factor)
@@ -454,6 +463,7 @@ def make_handler(session: SearchSession):
                                                    "precision": session.precision, "weights": session.weights}),
                 "/api/scan": lambda: self._json(session.scan_info(q.get("id", ""))),
                 "/api/job": lambda: self._json(session.job(q.get("id", "")).public()),
+                "/api/encoded": lambda: self._json(session.encoded()),
                 "/api/slice": lambda: self._send(HTTPStatus.OK, session.slice_png(
                     q.get("scan", ""), q.get("axis", "axial"), _int(q.get("index", "0")),
                     q.get("window", "soft tissue"), q.get("job") or None), "image/png"),

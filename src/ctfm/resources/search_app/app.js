@@ -14,7 +14,28 @@ function showError(message) {
 }
 
 // the server encodes a scan in the background as soon as it is picked, so the first search on it is quick
-const prepare = (id) => fetch("/api/prepare", { method: "POST", body: JSON.stringify({ scan: id }) }).catch(() => {});
+function prepare(id) {
+  fetch("/api/prepare", { method: "POST", body: JSON.stringify({ scan: id }) }).catch(() => {});
+  watchEncoding();
+}
+
+// each viewer's title says how far the background encoding of its scan is, until every shown scan is encoded
+async function watchEncoding() {
+  if (state.watching) return;
+  state.watching = true;
+  for (let busy = true; busy;) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const encoded = await getJSON("/api/encoded").catch(() => ({}));
+    busy = false;
+    for (const viewer of Object.values(state.viewers)) {
+      const [done, needed] = encoded[viewer.scanId] || [0, 1];
+      const text = done < needed ? `encoding in the background: ${done}/${needed} passes` : "encoded";
+      viewer.encoding.textContent = viewer.failed ? "" : text;
+      busy ||= !viewer.failed && done < needed;
+    }
+  }
+  state.watching = false;
+}
 
 async function getJSON(url, options) {
   const response = await fetch(url, options);
@@ -35,8 +56,9 @@ class Viewer {
     this.el = document.createElement("div");
     this.el.className = "viewer";
     this.el.dataset.scan = scanId;
-    this.el.innerHTML = `<h2></h2><canvas></canvas><input type="range" min="0" value="0"><div class="slice"></div><div class="result"></div>`;
-    this.el.querySelector("h2").textContent = `${role === "source" ? "Source" : "Target"}: ${scanId}`;
+    this.el.innerHTML = `<h2><span></span> <small class="encoding"></small></h2><canvas></canvas><input type="range" min="0" value="0"><div class="slice"></div><div class="result"></div>`;
+    this.el.querySelector("h2 span").textContent = `${role === "source" ? "Source" : "Target"}: ${scanId}`;
+    this.encoding = this.el.querySelector(".encoding");
     this.canvas = this.el.querySelector("canvas");
     this.slider = this.el.querySelector("input");
     this.result = this.el.querySelector(".result");
@@ -58,6 +80,7 @@ class Viewer {
       this.layout();
     } catch (err) {
       this.result.textContent = "";
+      this.failed = true;
       showError(err.message);
     }
   }
