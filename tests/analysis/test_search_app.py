@@ -121,6 +121,9 @@ def test_search_app_in_a_browser_shows_the_cli_match_and_survives_bad_requests(p
     query_mm = json.loads(page.get_attribute("#query", "data-world-mm"))
     # searching the source itself finds the query box again (identical content, identical embedding)
     assert np.allclose(shown["abdomen_ct"], query_mm, atol=0.011), (shown, query_mm)
+    # each target view shows the final heatmap (a coarse one may have been drawn before)
+    page.wait_for_function("""() => [...document.querySelectorAll('#target-viewers .viewer')]
+                                    .every((v) => (v.dataset.rendered || '').endsWith(':final'))""")
     # the source's background encoding is shown in its title until it is done
     page.wait_for_function("document.querySelector('#source-viewer .encoding').textContent === 'encoded'")
     # the heatmap is blended over the CT in each target view: coloured pixels, where the CT alone is grey

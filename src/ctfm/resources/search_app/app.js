@@ -51,7 +51,8 @@ class Viewer {
   constructor(container, scanId, role) {
     this.scanId = scanId;
     this.role = role;  // "source" or "target"
-    this.job = null;   // a finished search whose heatmap is shown
+    this.job = null;   // the search whose heatmap is shown, and its stage ("coarse" or "final")
+    this.stage = null;
     this.marker = null;  // {centre: [s, p, l], box: [s, p, l] or null}
     this.el = document.createElement("div");
     this.el.className = "viewer";
@@ -130,14 +131,16 @@ class Viewer {
     const index = Number(this.slider.value), axis = $("axis").value;
     this.el.querySelector(".slice").textContent = `${axis} slice ${index + 1} / ${Number(this.slider.max) + 1}`;
     const url = `/api/slice?scan=${encodeURIComponent(this.scanId)}&axis=${axis}&index=${index}` +
-      `&window=${encodeURIComponent($("window").value)}` + (this.job ? `&job=${this.job}` : "");
+      `&window=${encodeURIComponent($("window").value)}` +
+      // the stage too: a page reuses the image it has for a URL, and the final heatmap replaces the coarse one
+      (this.job ? `&job=${this.job}&stage=${this.stage}` : "");
     const image = new Image();
     image.onload = () => {
       if (index !== Number(this.slider.value)) return;  // a later slice is on its way
       const ctx = this.canvas.getContext("2d");
       ctx.drawImage(image, 0, 0, this.canvas.width, this.canvas.height);
       this.drawMarker(ctx, index);
-      this.el.dataset.rendered = `${axis}:${index}:${this.job || ""}`;
+      this.el.dataset.rendered = `${axis}:${index}:${this.job || ""}:${this.stage || ""}`;
     };
     image.onerror = () => fetch(url).then((r) => r.json()).then((b) => showError(b.error)).catch(() => showError(`cannot load ${url}`));
     image.src = url;
@@ -174,6 +177,7 @@ class Viewer {
 
   show(job, result) {
     this.job = job;
+    this.stage = result.stage;
     this.shown = `${job}:${result.stage}`;
     this.marker = { centre: result.centre_grid, box: result.box };
     this.result.innerHTML = "";
