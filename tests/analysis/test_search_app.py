@@ -190,6 +190,33 @@ def test_the_coarse_grid_merges_in_plane_voxels_where_the_box_allows_and_keeps_t
     assert torch.equal(small[0, 0, 0], torch.tensor([0.5, 2.5, 4.5, 3.0]))
 
 
+def test_a_search_takes_the_encoder_before_background_passes_that_waited_longer():
+    import threading
+
+    from ctfm.apps.search_app import EncoderTurns
+
+    turns, order, release = EncoderTurns(), [], threading.Event()
+
+    def take(name, search, hold=False):
+        with turns.turn(search=search):
+            order.append(name)
+            if hold:
+                release.wait(10)
+
+    first = threading.Thread(target=take, args=("pass 1", False, True))
+    first.start()
+    while not order:
+        time.sleep(0.01)
+    waiting = [threading.Thread(target=take, args=("pass 2", False)), threading.Thread(target=take, args=("search", True))]
+    for thread in waiting:
+        thread.start()
+        time.sleep(0.3)  # pass 2 queues before the search does
+    release.set()
+    for thread in [first, *waiting]:
+        thread.join(10)
+    assert order == ["pass 1", "search", "pass 2"]
+
+
 def test_a_new_target_shows_a_coarse_match_first_then_the_final_one_equal_to_the_cli(sample_ct, weights, tmp_path):
     """Through the app's own session (no browser): a cold target gets a coarse match, then the final one, which is
     the command-line search's for the same query; a second query on the cached target goes straight to the final."""

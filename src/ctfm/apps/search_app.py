@@ -32,6 +32,7 @@ import threading
 import time
 import traceback
 import urllib.parse
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -120,6 +121,30 @@ def shrink(image, factor):
     return F.avg_pool3d(pad_to(image, shape)[None], factor)[0]
 
 
+class EncoderTurns:
+    """One encoder job at a time (the encoder uses every core), searches first: a background pass that waits lets
+    any waiting search go before it, so a search waits at most for the pass under way."""
+
+    def __init__(self):
+        self._free = threading.Condition()
+        self._busy = False
+        self._searches = 0  # searches waiting
+
+    @contextmanager
+    def turn(self, search: bool):
+        with self._free:
+            self._searches += 1 if search else 0
+            self._free.wait_for(lambda: not self._busy and (search or not self._searches))
+            self._searches -= 1 if search else 0
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._free:
+                self._busy = False
+                self._free.notify_all()
+
+
 @dataclass
 class Job:
     """One search: its progress while it runs, then each target's match and heatmap."""
@@ -158,9 +183,7 @@ class SearchSession:
         self.model = load_pretrained(weights).to(device).eval()
         self._scans, self._maps, self._coarse, self.jobs = {}, {}, {}, {}
         self._read_lock = threading.Lock()
-        self._compute = threading.Lock()  # one encoder job at a time: the encoder uses every core
-        self._waiting = 0  # searches waiting for the encoder: background encoding gives way to them
-        self._waiting_lock = threading.Lock()
+        self._encoder = EncoderTurns()
         self._ids = itertools.count(1)
         self._prepared = set()
 
@@ -247,11 +270,7 @@ class SearchSession:
     def _run(self, job: Job, point: np.ndarray) -> None:
         from ctfm.io import root_cause
 
-        with self._waiting_lock:
-            self._waiting += 1
-        with self._compute:
-            with self._waiting_lock:
-                self._waiting -= 1
+        with self._encoder.turn(search=True):
             job.state = "running"  # its time counts from the request: the wait for the encoder is felt too
             try:
                 self._search(job, point)
@@ -280,9 +299,7 @@ class SearchSession:
                 # padded as for windows of 16 voxels (pooled_window_embeddings): the encoder's input for any box
                 image = pad_to(image, covering_shape(image.shape[1:], [STAGE_STRIDE] * 3, self.stride))
                 for n, offset in enumerate(pass_offsets(self.stride), start=1):
-                    while self._waiting:
-                        time.sleep(0.1)
-                    with self._compute:
+                    with self._encoder.turn(search=False):
                         print(f"[prepare] encoder pass {n} over {sid}", flush=True)
                         shifted_feature_map(self.model, image, offset, device=self.device, precision=self.precision,
                                             maps=self._maps[sid])
