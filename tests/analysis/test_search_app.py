@@ -98,6 +98,8 @@ def _search(page, targets, click=(0.5, 0.5)):
 
 
 def _shown_matches(page) -> dict:
+    """Each target's match on the page, once the search is done: the final one (a coarse one may come first)."""
+    assert {m.get_attribute("data-stage") for m in page.query_selector_all("#target-viewers .match")} == {"final"}
     return {v.get_attribute("data-scan"): json.loads(v.query_selector(".match").get_attribute("data-world-mm"))
             for v in page.query_selector_all("#target-viewers .viewer")}
 
@@ -119,6 +121,11 @@ def test_search_app_in_a_browser_shows_the_cli_match_and_survives_bad_requests(p
     query_mm = json.loads(page.get_attribute("#query", "data-world-mm"))
     # searching the source itself finds the query box again (identical content, identical embedding)
     assert np.allclose(shown["abdomen_ct"], query_mm, atol=0.011), (shown, query_mm)
+    # each target view shows the final heatmap (a coarse one may have been drawn before)
+    page.wait_for_function("""() => [...document.querySelectorAll('#target-viewers .viewer')]
+                                    .every((v) => (v.dataset.rendered || '').endsWith(':final'))""")
+    # the source's background encoding is shown in its title until it is done
+    page.wait_for_function("document.querySelector('#source-viewer .encoding').textContent === 'encoded'")
     # the heatmap is blended over the CT in each target view: coloured pixels, where the CT alone is grey
     coloured = page.evaluate("""() => [...document.querySelectorAll('#target-viewers canvas')].map(c => {
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
@@ -167,3 +174,99 @@ def test_scans_are_listed_from_a_folder_or_a_datalist_and_the_query_box_snaps_to
         inside = np.clip(centre, half, np.array(shape) - 1 - half)
         near = np.array(stride) / 2 if centre[0] < 100 else np.array(stride) - 1
         assert (np.abs(start + half - inside) <= near).all(), (centre, start)
+
+
+def test_the_coarse_grid_merges_in_plane_voxels_where_the_box_allows_and_keeps_their_centres():
+    import torch
+
+    from ctfm.apps.search_app import coarse_factor, shrink
+
+    assert coarse_factor((16, 64, 64)) == (1, 2, 2)  # the default box: a quarter of the voxels
+    assert coarse_factor((16, 16, 32)) == (1, 1, 2)  # 16 / 2 would cut a 16-voxel cell in two
+    ramp = torch.arange(7.0)[None, None, None, :].expand(1, 2, 3, 7)  # value = L index
+    small = shrink(ramp, (1, 2, 2))
+    assert small.shape == (1, 2, 2, 4)
+    # block c holds voxels 2c and 2c + 1: its value is the ramp at 2c + 0.5; the last, half air, averages 6 and 0
+    assert torch.equal(small[0, 0, 0], torch.tensor([0.5, 2.5, 4.5, 3.0]))
+
+
+def test_a_search_takes_the_encoder_before_background_passes_that_waited_longer():
+    import threading
+
+    from ctfm.apps.search_app import EncoderTurns
+
+    turns, order, release = EncoderTurns(), [], threading.Event()
+
+    def take(name, search, hold=False):
+        with turns.turn(search=search):
+            order.append(name)
+            if hold:
+                release.wait(10)
+
+    first = threading.Thread(target=take, args=("pass 1", False, True))
+    first.start()
+    while not order:
+        time.sleep(0.01)
+    waiting = [threading.Thread(target=take, args=("pass 2", False)), threading.Thread(target=take, args=("search", True))]
+    for thread in waiting:
+        thread.start()
+        time.sleep(0.3)  # pass 2 queues before the search does
+    release.set()
+    for thread in [first, *waiting]:
+        thread.join(10)
+    assert order == ["pass 1", "search", "pass 2"]
+
+
+def test_a_new_target_shows_a_coarse_match_first_then_the_final_one_equal_to_the_cli(sample_ct, weights, tmp_path):
+    """Through the app's own session (no browser): a cold target gets a coarse match, then the final one, which is
+    the command-line search's for the same query; a second query on the cached target goes straight to the final."""
+    from ctfm.analysis.search import semantic_search
+    from ctfm.apps.search_app import SearchSession, list_scans
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for path in (sample_ct.abdomen_ct, sample_ct.chest_nrrd):
+        (folder / path.name).symlink_to(path)
+    shutil.copytree(sample_ct.dicom_dir, folder / "abdomen_dicom")  # a series folder: found by walking, so copied
+    spacing, stride, box = (6.0, 6.0, 6.0), (8, 16, 16), (16, 32, 32)  # box 16 x 32 x 32: coarse grid 1 x 2 x 2
+    session = SearchSession(list_scans(folder), weights, stride, spacing, precision="bf16")
+
+    def search(point, targets):
+        job = session.start_search("abdomen_ct", point, targets, box)
+        for _ in range(1200):
+            if job.state in ("done", "error"):
+                break
+            time.sleep(0.1)
+        assert job.state == "done", (job.state, job.error)
+        return job
+
+    targets = ["chest_ct", "abdomen_ct"]
+    job = search([28, 24, 30], targets)
+    stages = [(t["target"], t["stage"]) for t in job.timeline]
+    assert stages == [("chest_ct", "coarse"), ("abdomen_ct", "coarse"), ("chest_ct", "final"), ("abdomen_ct", "final")]
+    final = {r["target"]: r for r in job.results}
+    assert all(r["stage"] == "final" for r in final.values())
+    coarse_self = next(t for t in job.timeline if t["target"] == "abdomen_ct")
+    assert coarse_self["seconds"] <= final["abdomen_ct"]["seconds"]
+
+    matches = semantic_search(folder / "abdomen_ct.nii.gz", job.query["world_mm"], [folder / "chest_ct.nrrd",
+                              folder / "abdomen_ct.nii.gz"], None, tmp_path / "cli", point_space="mm", box=box,
+                              stride=stride, spacing=spacing, precision="bf16", encoder=session.model)
+    cli = {Path(r["target"]).name.split(".")[0]: [float(r[f"world_{a}_mm"]) for a in "xyz"]
+           for r in csv.DictReader(open(matches))}
+    for t in targets:
+        assert np.allclose(cli[t], final[t]["world_mm"], atol=0.011), (t, cli[t], final[t])
+    # the source searched in itself: the final match is the query box again
+    assert np.allclose(final["abdomen_ct"]["world_mm"], job.query["world_mm"], atol=0.011)
+
+    again = search([20, 10, 40], ["chest_ct"])
+    assert [t["stage"] for t in again.timeline] == ["final"]  # its passes are cached: nothing coarse to show
+    assert session.encoded()["chest_ct"] == (2, 2)  # stride 8 along S: passes shifted by 0 and 8 voxels
+
+    # a scan picked on the page is encoded in the background: its first search has nothing coarse to show either
+    session.prepare("abdomen_dicom")
+    for _ in range(1200):
+        if session.encoded().get("abdomen_dicom") == (2, 2):
+            break
+        time.sleep(0.1)
+    assert [t["stage"] for t in search([28, 24, 30], ["abdomen_dicom"]).timeline] == ["final"]

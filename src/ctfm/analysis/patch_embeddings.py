@@ -152,6 +152,11 @@ def check_fast_grid(window: Sequence[int], stride: Sequence[int]) -> None:
         )
 
 
+def pass_offsets(stride: Sequence[int]) -> list[tuple[int, ...]]:
+    """The shifts of the encoder passes that windows every ``stride`` voxels need (a stride under 16 takes ``16 / s``)."""
+    return list(itertools.product(*[range(0, STAGE_STRIDE, s) if s < STAGE_STRIDE else [0] for s in stride]))
+
+
 @torch.no_grad()
 def pooled_window_embeddings(
     model: nn.Module,
@@ -174,7 +179,7 @@ def pooled_window_embeddings(
     padded = pad_to(image, covering_shape(shape, window, stride))
     cells = [w // STAGE_STRIDE for w in window]
     cell_stride = [max(1, s // STAGE_STRIDE) for s in stride]
-    offsets = list(itertools.product(*[range(0, STAGE_STRIDE, s) if s < STAGE_STRIDE else [0] for s in stride]))
+    offsets = pass_offsets(stride)
     counts = grid_shape(shape, window, stride)
     result = np.zeros((*counts, 512), dtype=np.float32)
     for off in tqdm(offsets, desc="encoder passes", unit="pass", disable=not progress or len(offsets) < 2):

@@ -10,6 +10,13 @@ The query box is placed on the nearest window of the source's own window grid (e
 voxels), so a query reuses the source's passes instead of running the encoder again; the page shows
 the box's centre, and ``ctfm search --point <that centre> --point-space mm`` gives the same query.
 
+A target the encoder has not seen yet first gets a coarse match, the same search on copies of source
+and target with the in-plane resolution halved (where the box stays a multiple of 16 voxels there) and
+windows every 16 voxels: a quarter of an encoder pass each instead of the two full passes of the
+default stride. The page shows it marked "coarse" at once; the full search then replaces it with the
+final match, the one ``ctfm search`` returns. Scans picked on the page are encoded in the background
+(:meth:`SearchSession.prepare`), one pass at a time, and give way to a search between passes.
+
 Why a small standard-library server (``http.server.ThreadingHTTPServer``) with a plain page and JSON
 endpoints, rather than the authors' Streamlit: it adds no dependency, makes no network call (Streamlit
 phones home unless told not to, and pulls in a large stack), works offline with every asset in
@@ -25,6 +32,7 @@ import threading
 import time
 import traceback
 import urllib.parse
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +47,7 @@ STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8"}
 KEEP_JOBS = 4  # finished searches whose heatmaps stay in memory
+COARSE_FACTOR = (1, 2, 2)  # the coarse match's grid: in-plane voxels merged 2 x 2, a quarter of the encoder's work
 
 
 class RequestError(ValueError):
@@ -93,6 +102,49 @@ def snap_to_grid(centre, box, stride, shape) -> np.ndarray:
     return np.clip(np.round(start / stride).astype(int) * stride, 0, last)
 
 
+def coarse_factor(box) -> tuple[int, int, int]:
+    """Voxels merged per axis for the coarse match: :data:`COARSE_FACTOR` where the box, shrunk by it, stays a
+    multiple of the encoder's 16-voxel cells, else 1 (all ones: the coarse match is the full grid's first pass)."""
+    from ctfm.analysis.patch_embeddings import STAGE_STRIDE
+
+    return tuple(f if b % (f * STAGE_STRIDE) == 0 else 1 for b, f in zip(box, COARSE_FACTOR))
+
+
+def shrink(image, factor):
+    """A ``(1, S, P, L)`` volume averaged over blocks of ``factor`` voxels (a partial block at the end padded with air);
+    block ``c`` holds voxels ``f c .. f c + f - 1``, centred on ``f c + (f - 1) / 2``."""
+    import torch.nn.functional as F
+
+    from ctfm.analysis.patch_embeddings import pad_to
+
+    shape = [-(-n // f) * f for n, f in zip(image.shape[1:], factor)]
+    return F.avg_pool3d(pad_to(image, shape)[None], factor)[0]
+
+
+class EncoderTurns:
+    """One encoder job at a time (the encoder uses every core), searches first: a background pass that waits lets
+    any waiting search go before it, so a search waits at most for the pass under way."""
+
+    def __init__(self):
+        self._free = threading.Condition()
+        self._busy = False
+        self._searches = 0  # searches waiting
+
+    @contextmanager
+    def turn(self, search: bool):
+        with self._free:
+            self._searches += 1 if search else 0
+            self._free.wait_for(lambda: not self._busy and (search or not self._searches))
+            self._searches -= 1 if search else 0
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._free:
+                self._busy = False
+                self._free.notify_all()
+
+
 @dataclass
 class Job:
     """One search: its progress while it runs, then each target's match and heatmap."""
@@ -109,13 +161,14 @@ class Job:
     started: float = field(default_factory=time.perf_counter)
     seconds: float | None = None
     query: dict | None = None
-    results: list = field(default_factory=list)
+    results: list = field(default_factory=list)  # each target's latest match: "coarse", then "final"
+    timeline: list = field(default_factory=list)  # every match published: target, stage, seconds since the request
     heat: dict = field(default_factory=dict)  # target id -> (S, P, L) float16 on the CT-FM grid, 0..1
 
     def public(self) -> dict:
         return {"id": self.id, "state": self.state, "step": self.step, "steps": self.steps, "message": self.message,
                 "error": self.error, "elapsed": round(time.perf_counter() - self.started, 1), "seconds": self.seconds,
-                "query": self.query, "results": self.results}
+                "query": self.query, "results": self.results, "timeline": self.timeline}
 
 
 class SearchSession:
@@ -128,9 +181,9 @@ class SearchSession:
         self.stride, self.spacing = tuple(int(s) for s in stride), tuple(float(s) for s in spacing)
         self.device, self.precision = device, precision
         self.model = load_pretrained(weights).to(device).eval()
-        self._scans, self._maps, self.jobs = {}, {}, {}
+        self._scans, self._maps, self._coarse, self.jobs = {}, {}, {}, {}
         self._read_lock = threading.Lock()
-        self._compute = threading.Lock()  # one encoder job at a time: the encoder uses every core
+        self._encoder = EncoderTurns()
         self._ids = itertools.count(1)
         self._prepared = set()
 
@@ -217,7 +270,7 @@ class SearchSession:
     def _run(self, job: Job, point: np.ndarray) -> None:
         from ctfm.io import root_cause
 
-        with self._compute:
+        with self._encoder.turn(search=True):
             job.state = "running"  # its time counts from the request: the wait for the encoder is felt too
             try:
                 self._search(job, point)
@@ -230,8 +283,10 @@ class SearchSession:
 
     def prepare(self, sid: str) -> None:
         """Run a scan's encoder passes in the background (the page asks when a scan is picked), so the first search
-        on it only pools. Any window size shares them; a read error is reported by the search that needs the scan."""
-        from ctfm.analysis.patch_embeddings import STAGE_STRIDE, pooled_window_embeddings
+        on it only pools. Any window size shares them; a read error is reported by the search that needs the scan.
+        One pass at a time, after any waiting search: a search waits for at most the pass under way."""
+        from ctfm.analysis.patch_embeddings import (STAGE_STRIDE, covering_shape, pad_to, pass_offsets,
+                                                    shifted_feature_map)
 
         self._check_known(sid)
         if sid in self._prepared:
@@ -239,22 +294,42 @@ class SearchSession:
         self._prepared.add(sid)
 
         def encode():
-            with self._compute:
-                try:
-                    print(f"[prepare] encoder passes over {sid}", flush=True)
-                    pooled_window_embeddings(self.model, self.scan(sid).image, [STAGE_STRIDE] * 3, self.stride,
-                                             device=self.device, progress=False, precision=self.precision,
-                                             maps=self._maps[sid])
-                except Exception as err:  # the search on this scan raises it again, on the page
-                    print(f"[prepare] {sid}: {err}", flush=True)
+            try:
+                image = self.scan(sid).image  # read outside the encoder's lock: a search may run meanwhile
+                # padded as for windows of 16 voxels (pooled_window_embeddings): the encoder's input for any box
+                image = pad_to(image, covering_shape(image.shape[1:], [STAGE_STRIDE] * 3, self.stride))
+                for n, offset in enumerate(pass_offsets(self.stride), start=1):
+                    with self._encoder.turn(search=False):
+                        print(f"[prepare] encoder pass {n} over {sid}", flush=True)
+                        shifted_feature_map(self.model, image, offset, device=self.device, precision=self.precision,
+                                            maps=self._maps[sid])
+            except Exception as err:  # the search on this scan raises it again, on the page
+                print(f"[prepare] {sid}: {err}", flush=True)
 
         threading.Thread(target=encode, daemon=True).start()
 
+    def encoded(self) -> dict[str, tuple[int, int]]:
+        """Per scan read so far: encoder passes done and passes its window grid needs (the page shows them)."""
+        from ctfm.analysis.patch_embeddings import pass_offsets
+
+        needed = len(pass_offsets(self.stride))
+        # a query's pass is one of the grid's (the box is snapped to it), so the passes kept are the grid's
+        return {sid: (min(len(maps), needed), needed) for sid, maps in list(self._maps.items())}
+
     def _passes_needed(self, sid: str) -> bool:
-        return not self._maps.get(sid)
+        done, needed = self.encoded().get(sid, (0, 1))
+        return done < needed
+
+    def _coarse_scan(self, sid: str, factor) -> tuple:
+        """The scan ``sid`` shrunk by ``factor`` and the cache of its encoder passes (the full grid's own when the
+        factor is all ones, so the coarse match's pass serves the final one)."""
+        if not any(f > 1 for f in factor):
+            return self.scan(sid).image, self._maps[sid]
+        if (sid, factor) not in self._coarse:
+            self._coarse[(sid, factor)] = (shrink(self.scan(sid).image, factor), {})
+        return self._coarse[(sid, factor)]
 
     def _search(self, job: Job, point: np.ndarray) -> None:
-        from ctfm.analysis.patch_embeddings import STAGE_STRIDE
         from ctfm.analysis.search import query_embedding, search_image
 
         def step(message):
@@ -264,42 +339,72 @@ class SearchSession:
         src = self.scan(job.source)
         start = snap_to_grid(point, job.box, self.stride, src.image.shape[1:])
         centre = start + (np.asarray(job.box) - 1) / 2.0
-        first = " (a first encoder pass over it)" if self._passes_needed(job.source) else ""
-        step(f"embedding the query box in {job.source}{first}")
+        cold = [tid for tid in job.targets if self._passes_needed(tid)]
+        if cold and self._coarse_differs(job.box):
+            job.steps += len(cold)
+            self._coarse_matches(job, centre, cold, step)
+        step(f"embedding the query box in {job.source} (an encoder pass over it, unless its passes are done)")
         query = query_embedding(self.model, src.image, centre, job.box, "pooled", device=self.device,
                                 precision=self.precision, maps=self._maps[job.source])
         job.query = {"source": job.source, "centre_grid": centre.tolist(), "start_grid": start.tolist(),
                      "box": list(job.box), **_coordinates(src, centre)}
-        # strides under 16 take several passes; the first one alone gives the windows every 16 voxels
-        coarse = tuple(max(s, STAGE_STRIDE) for s in self.stride)
         for n, tid in enumerate(job.targets, start=1):
-            job.step = n
-            where = f"target {n}/{len(job.targets)} {tid}"
-            tgt = self.scan(tid)
-            options = {"device": self.device, "progress": False, "precision": self.precision, "maps": self._maps[tid]}
-            if self._passes_needed(tid) and coarse != self.stride:
-                step(f"{where}: first encoder pass over it, for a provisional match")
-                self._publish(job, tid, tgt, search_image(self.model, query, tgt.image, job.box, coarse, "pooled",
-                                                          **options), provisional=True)
-                step(f"{where}: the other encoder passes, for every window")
-            else:
-                step(f"{where}: {'encoder passes over it' if self._passes_needed(tid) else 'pooling its cached passes'}")
-            self._publish(job, tid, tgt, search_image(self.model, query, tgt.image, job.box, self.stride, "pooled",
-                                                      **options))
+            job.step += 1
+            passes = "the encoder passes over it" if self._passes_needed(tid) else "pooling its cached passes"
+            step(f"target {n}/{len(job.targets)} {tid}: {passes}, for the final match")
+            match = search_image(self.model, query, self.scan(tid).image, job.box, self.stride, "pooled",
+                                 device=self.device, progress=False, precision=self.precision, maps=self._maps[tid])
+            self._publish(job, tid, match, "final")
         job.step = job.steps
 
-    @staticmethod
-    def _publish(job: Job, tid: str, tgt, match, provisional: bool = False) -> None:
-        """Put a target's match and heatmap (min-max normalised, as the authors' app shows it) into the job."""
+    def _coarse_differs(self, box) -> bool:
+        """Whether the coarse match is cheaper than the final one: a smaller grid, or fewer passes (stride < 16)."""
+        from ctfm.analysis.patch_embeddings import STAGE_STRIDE
+
+        return any(f > 1 for f in coarse_factor(box)) or any(s < STAGE_STRIDE for s in self.stride)
+
+    def _coarse_matches(self, job: Job, centre, targets, step) -> None:
+        """The search itself on the coarse grid (:func:`coarse_factor`), windows every 16 cells or more: one pass."""
+        from ctfm.analysis.patch_embeddings import STAGE_STRIDE
+        from ctfm.analysis.search import query_embedding, search_image
+
+        factor = coarse_factor(job.box)
+        box = tuple(b // f for b, f in zip(job.box, factor))
+        stride = tuple(max(s, STAGE_STRIDE) for s in self.stride)
+        options = {"device": self.device, "precision": self.precision}
+        step(f"coarse match: embedding the query box in {job.source}")
+        image, maps = self._coarse_scan(job.source, factor)
+        query = query_embedding(self.model, image, (centre - (np.array(factor) - 1) / 2) / factor, box, "pooled",
+                                maps=maps, **options)
+        for n, tid in enumerate(targets, start=1):
+            job.step += 1
+            merged = f", voxels merged {' x '.join(map(str, factor))}" if any(f > 1 for f in factor) else ""
+            step(f"coarse match {n}/{len(targets)}: one encoder pass over {tid}{merged}")
+            image, maps = self._coarse_scan(tid, factor)
+            match = search_image(self.model, query, image, box, stride, "pooled", progress=False, maps=maps, **options)
+            self._publish(job, tid, match, "coarse", factor)
+
+    def _publish(self, job: Job, tid: str, match, stage: str, factor=(1, 1, 1)) -> None:
+        """Put a target's match (found on a grid shrunk by ``factor``) and its heatmap on the target's grid
+        (min-max normalised, as the authors' app shows it) into the job."""
         from ctfm.analysis.patch_embeddings import windows_to_voxels
 
-        heat = windows_to_voxels(match.similarity, match.starts, job.box, tgt.image.shape[1:])[0]
+        tgt = self.scan(tid)
+        shape = tgt.image.shape[1:]
+        grid = [-(-n // f) for n, f in zip(shape, factor)]
+        heat = windows_to_voxels(match.similarity, match.starts, match.window, grid)[0]
+        for axis, f in enumerate(factor):
+            heat = np.repeat(heat, f, axis=axis)
+        heat = heat[: shape[0], : shape[1], : shape[2]]
         low, high = float(heat.min()), float(heat.max())
         job.heat[tid] = ((heat - low) / max(high - low, 1e-12)).astype(np.float16)
-        result = {"target": tid, "similarity": round(float(match.similarity[match.best]), 6), "box": list(job.box),
-                  "centre_grid": match.best_centre.tolist(), "provisional": provisional,
-                  **_coordinates(tgt, match.best_centre)}
+        best = match.best_centre * factor + (np.array(factor) - 1) / 2
+        seconds = round(time.perf_counter() - job.started, 2)
+        result = {"target": tid, "stage": stage, "seconds": seconds, "box": list(job.box),
+                  "similarity": round(float(match.similarity[match.best]), 6), "centre_grid": best.tolist(),
+                  **_coordinates(tgt, best)}
         job.results = [r for r in job.results if r["target"] != tid] + [result]
+        job.timeline.append({"target": tid, "stage": stage, "seconds": seconds})
 
 
 def _coordinates(scan, centre) -> dict:
@@ -375,6 +480,7 @@ def make_handler(session: SearchSession):
                                                    "precision": session.precision, "weights": session.weights}),
                 "/api/scan": lambda: self._json(session.scan_info(q.get("id", ""))),
                 "/api/job": lambda: self._json(session.job(q.get("id", "")).public()),
+                "/api/encoded": lambda: self._json(session.encoded()),
                 "/api/slice": lambda: self._send(HTTPStatus.OK, session.slice_png(
                     q.get("scan", ""), q.get("axis", "axial"), _int(q.get("index", "0")),
                     q.get("window", "soft tissue"), q.get("job") or None), "image/png"),

@@ -14,7 +14,28 @@ function showError(message) {
 }
 
 // the server encodes a scan in the background as soon as it is picked, so the first search on it is quick
-const prepare = (id) => fetch("/api/prepare", { method: "POST", body: JSON.stringify({ scan: id }) }).catch(() => {});
+function prepare(id) {
+  fetch("/api/prepare", { method: "POST", body: JSON.stringify({ scan: id }) }).catch(() => {});
+  watchEncoding();
+}
+
+// each viewer's title says how far the background encoding of its scan is, until every shown scan is encoded
+async function watchEncoding() {
+  if (state.watching) return;
+  state.watching = true;
+  for (let busy = true; busy;) {
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const encoded = await getJSON("/api/encoded").catch(() => ({}));
+    busy = false;
+    for (const viewer of Object.values(state.viewers)) {
+      const [done, needed] = encoded[viewer.scanId] || [0, 1];
+      const text = done < needed ? `encoding in the background: ${done}/${needed} passes` : "encoded";
+      viewer.encoding.textContent = viewer.failed ? "" : text;
+      busy ||= !viewer.failed && done < needed;
+    }
+  }
+  state.watching = false;
+}
 
 async function getJSON(url, options) {
   const response = await fetch(url, options);
@@ -30,13 +51,15 @@ class Viewer {
   constructor(container, scanId, role) {
     this.scanId = scanId;
     this.role = role;  // "source" or "target"
-    this.job = null;   // a finished search whose heatmap is shown
+    this.job = null;   // the search whose heatmap is shown, and its stage ("coarse" or "final")
+    this.stage = null;
     this.marker = null;  // {centre: [s, p, l], box: [s, p, l] or null}
     this.el = document.createElement("div");
     this.el.className = "viewer";
     this.el.dataset.scan = scanId;
-    this.el.innerHTML = `<h2></h2><canvas></canvas><input type="range" min="0" value="0"><div class="slice"></div><div class="result"></div>`;
-    this.el.querySelector("h2").textContent = `${role === "source" ? "Source" : "Target"}: ${scanId}`;
+    this.el.innerHTML = `<h2><span></span> <small class="encoding"></small></h2><canvas></canvas><input type="range" min="0" value="0"><div class="slice"></div><div class="result"></div>`;
+    this.el.querySelector("h2 span").textContent = `${role === "source" ? "Source" : "Target"}: ${scanId}`;
+    this.encoding = this.el.querySelector(".encoding");
     this.canvas = this.el.querySelector("canvas");
     this.slider = this.el.querySelector("input");
     this.result = this.el.querySelector(".result");
@@ -58,6 +81,7 @@ class Viewer {
       this.layout();
     } catch (err) {
       this.result.textContent = "";
+      this.failed = true;
       showError(err.message);
     }
   }
@@ -107,14 +131,16 @@ class Viewer {
     const index = Number(this.slider.value), axis = $("axis").value;
     this.el.querySelector(".slice").textContent = `${axis} slice ${index + 1} / ${Number(this.slider.max) + 1}`;
     const url = `/api/slice?scan=${encodeURIComponent(this.scanId)}&axis=${axis}&index=${index}` +
-      `&window=${encodeURIComponent($("window").value)}` + (this.job ? `&job=${this.job}` : "");
+      `&window=${encodeURIComponent($("window").value)}` +
+      // the stage too: a page reuses the image it has for a URL, and the final heatmap replaces the coarse one
+      (this.job ? `&job=${this.job}&stage=${this.stage}` : "");
     const image = new Image();
     image.onload = () => {
       if (index !== Number(this.slider.value)) return;  // a later slice is on its way
       const ctx = this.canvas.getContext("2d");
       ctx.drawImage(image, 0, 0, this.canvas.width, this.canvas.height);
       this.drawMarker(ctx, index);
-      this.el.dataset.rendered = `${axis}:${index}:${this.job || ""}`;
+      this.el.dataset.rendered = `${axis}:${index}:${this.job || ""}:${this.stage || ""}`;
     };
     image.onerror = () => fetch(url).then((r) => r.json()).then((b) => showError(b.error)).catch(() => showError(`cannot load ${url}`));
     image.src = url;
@@ -151,23 +177,25 @@ class Viewer {
 
   show(job, result) {
     this.job = job;
-    this.shown = `${job}:${result.provisional}`;
+    this.stage = result.stage;
+    this.shown = `${job}:${result.stage}`;
     this.marker = { centre: result.centre_grid, box: result.box };
     this.result.innerHTML = "";
     const line = document.createElement("div");
     line.className = "match";
     line.dataset.worldMm = JSON.stringify(result.world_mm);
     line.dataset.fileVoxel = JSON.stringify(result.file_voxel);
-    line.textContent = `${result.provisional ? "provisional match (every 16th window; refining...)" : "best match"}: ` +
+    line.dataset.stage = result.stage;
+    const label = result.stage === "coarse" ? "coarse match (coarser grid, fewer windows; refining...)" : "best match";
+    line.textContent = `${label}: ` +
       `${fmt(result.world_mm, 2)} mm (world RAS); file voxel ${fmt(result.file_voxel)}; ` +
-      `cosine similarity ${result.similarity.toFixed(3)}`;
-    if (!result.provisional) line.dataset.final = "true";
+      `cosine similarity ${result.similarity.toFixed(3)} (after ${result.seconds} s)`;
     this.result.appendChild(line);
     this.layout();
   }
 }
 
-// each target's match as it comes: a provisional one after a new scan's first encoder pass, then the final one
+// each target's match as it comes: a coarse one first for a scan the encoder has not seen, then the final one
 async function showResults(job, wanted) {
   for (const result of job.results) {
     const viewer = state.viewers[`target:${result.target}`];
@@ -220,7 +248,7 @@ async function runSearch() {
       $("progress-bar").max = job.steps;
       $("progress-bar").value = job.step;
       $("progress-text").textContent = `${job.message} (${job.elapsed} s)`;
-      await showResults(job, (viewer, result) => viewer.shown !== `${job.id}:${result.provisional}`);
+      await showResults(job, (viewer, result) => viewer.shown !== `${job.id}:${result.stage}`);
       await new Promise((resolve) => setTimeout(resolve, 300));
       job = await getJSON(`/api/job?id=${job.id}`);
     }
