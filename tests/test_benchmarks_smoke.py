@@ -55,3 +55,14 @@ def test_unknown_benchmark_is_named():
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "bench_nothing"], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode != 0 and "bench_search" in proc.stderr
+
+
+@pytest.mark.slow
+def test_search_app_benchmark_smoke():
+    run_benchmark("bench_search_app", "--smoke")
+    result = json.loads((RESULTS / "search_app_smoke.json").read_text())
+    figures = result["figures"]
+    # a cold target shows the coarse match before the final one; the second query only pools
+    assert figures["cold_first_answer_stage"] == "coarse"
+    assert figures["cold_first_answer_s"] < figures["cold_final_match_s"]
+    assert figures["second_query_stages"] == ["final"] and figures["second_query_s"] < figures["cold_final_match_s"]

@@ -280,6 +280,10 @@ class SearchSession:
                 if not isinstance(err, RequestError):
                     traceback.print_exc()
             job.seconds = round(time.perf_counter() - job.started, 2)
+        # the next click may fall on another of the source's passes (stride < 16 along an axis): encode the rest of
+        # them in the background, so that query, too, only pools
+        if job.state == "done":
+            self.prepare(job.source)
 
     def prepare(self, sid: str) -> None:
         """Run a scan's encoder passes in the background (the page asks when a scan is picked), so the first search
