@@ -126,15 +126,15 @@ def test_segmentation_multi_gpu_evaluation_equals_one_process(tmp_path):
         "network_def#init_filters": 8, "patch_size": [32, 32, 32], "spacing": [4, 4, 4], "num_workers": 0,
     }, tmp_path)
 
-    rows = {folder: list(csv.DictReader(open(folder / "per_structure_dice.csv"))) for folder in (single, sharded)}
-    assert [r["case"] for r in rows[sharded]] == [r["case"] for r in rows[single]] and len(rows[single]) == 3
-    for a, b in zip(rows[single], rows[sharded]):
-        np.testing.assert_allclose([float(v) for k, v in b.items() if k != "case"],
-                                   [float(v) for k, v in a.items() if k != "case"], atol=1e-3)
+    # MetricsSaver writes the ranks' cases rank by rank (0 and 2 from rank 0, then 1): both ranks evaluated.
+    raw = [r["filename"] for r in csv.DictReader(open(sharded / "dice_raw.csv"))]
+    assert [Path(f).name for f in raw] == ["body_000.nii.gz", "body_002.nii.gz", "body_001.nii.gz"]
+    # The report puts them back in the datalist's order: the same files as one process's, intervals included.
+    # (Same weights, same inputs, CPU: the two runs' Dice values are equal to the last bit.)
+    for name in ("per_structure_dice.csv", "summary.csv"):
+        assert (sharded / name).read_text() == (single / name).read_text(), name
     one, two = (json.loads((folder / "summary.json").read_text()) for folder in (single, sharded))
-    assert two["cases"] == 3 and two["absent_from_both"] == one["absent_from_both"]
-    for key in ("mean", "ci_low", "ci_high"):
-        assert two["macro_mean_dice"][key] == pytest.approx(one["macro_mean_dice"][key], abs=1e-3), key
+    assert two == one and two["cases"] == 3
     assert sorted(p.name for p in sharded.iterdir()) == sorted(p.name for p in single.iterdir())
 
 
