@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 
 NAMES = ("ct_fm_segmentation", "ct_fm_triage", "ct_fm_pretrain")
 # A small input for the TorchScript-equals-eager check, per bundle: (channels, *spatial), divisible by 16.
-SMALL_INPUT = {"ct_fm_segmentation": (1, 32, 32, 32), "ct_fm_triage": (1, 32, 32, 32), "ct_fm_pretrain": (1, 16, 32, 32)}
+SMALL_INPUT = {"ct_fm_segmentation": (1, 32, 32, 32), "ct_fm_triage": (1, 32, 32, 32),
+               "ct_fm_pretrain": (1, 16, 32, 32)}
 
 
 def _parser(bundle: Path) -> ConfigParser:
@@ -109,6 +110,24 @@ def _evaluate_both_ways(bundle: Path, overrides: dict, tmp_path: Path) -> tuple[
     return single, sharded
 
 
+@pytest.mark.parametrize(("name", "every_rank"), [("ct_fm_segmentation", {"MetricsSaver"}),
+                                                 ("ct_fm_triage", {"CheckpointLoader", "TriageReport"})])
+def test_only_the_logging_handler_is_rank_zero_only(name, every_rank, monkeypatch):
+    """Under torchrun rank 1 drops the StatsHandler (by ``main_process``) and keeps the handlers that load
+    weights or gather metrics, which every rank must run."""
+    use_bundle_scripts(BUNDLES / name)
+    for rank, dropped in (("1", {"StatsHandler"}), ("0", set())):
+        monkeypatch.setenv("RANK", rank)
+        parser = ConfigParser()
+        configs = ("train.json", "evaluate.json", "multi_gpu_evaluate.json")
+        parser.read_config([BUNDLES / name / "configs" / c for c in configs])
+        parser.get_parsed_content("imports")
+        handlers = {h["_target_"].rsplit(".", 1)[-1]: f"validate#handlers#{i}#_disabled_"
+                    for i, h in enumerate(parser["validate#handlers"])}
+        assert set(handlers) == every_rank | {"StatsHandler"}
+        assert {h for h, key in handlers.items() if key in parser and parser.get_parsed_content(key)} == dropped
+
+
 def test_segmentation_multi_gpu_evaluation_equals_one_process(tmp_path):
     from ctfm.data.phantoms import write_body_phantoms
     from ctfm.networks import build_segmentation_network
@@ -152,7 +171,8 @@ def test_triage_multi_gpu_evaluation_equals_one_process(tmp_path):
         nib.save(make_head_phantom(seed=seed, bleed=bool(bleed), spacing=(4.0, 4.0, 4.0), bleed_size=2.0)
                  .to_nifti("image"), tmp_path / image)
         testing.append({"image": image, "label": bleed})
-    (tmp_path / "datalist.json").write_text(json.dumps({"training": testing, "validation": testing, "testing": testing}))
+    lists = {"training": testing, "validation": testing, "testing": testing}
+    (tmp_path / "datalist.json").write_text(json.dumps(lists))
     torch.manual_seed(0)
     model = tmp_path / "model.pt"
     torch.save(TriageClassifier(in_channels=4, init_filters=4).state_dict(), model)
