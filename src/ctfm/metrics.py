@@ -67,3 +67,19 @@ def macro_mean_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float, floa
     """:func:`macro_mean` of a cases x structures array with its bootstrap interval, resampling cases."""
     values = np.asarray(values, dtype=float)
     return bootstrap_ci(np.arange(len(values)), statistic=lambda idx: macro_mean(values[idx.astype(int)]), seed=seed)
+
+
+def in_dataset_order(items: Sequence, world_size: int) -> list:
+    """Per-case results of a multi-process evaluation, put back in the dataset's order.
+
+    ``items`` are the ranks' results concatenated rank by rank (what an all-gather returns), each rank
+    having evaluated the shard of MONAI's ``DistributedSampler(shuffle=False, even_divisible=False)``:
+    rank ``r`` gets cases ``r, r + world_size, r + 2 * world_size, ...``. Back in that order, the report
+    (and its bootstrap intervals, which depend on the order) equals a single process's.
+    """
+    n = len(items)
+    order = [i for rank in range(world_size) for i in range(rank, n, world_size)]  # dataset index of each item
+    result = [None] * n
+    for item, index in zip(items, order):
+        result[index] = item
+    return result

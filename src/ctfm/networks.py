@@ -17,7 +17,7 @@ from monai.networks.nets import SegResNetDS
 from monai.networks.nets.segresnet_ds import SegResEncoder
 from torch import nn
 
-from ctfm.registry import EMBEDDING_DIM, ENCODER_CONFIG, ENCODER_NORM
+from ctfm.registry import ENCODER_CONFIG, ENCODER_NORM
 
 
 def build_encoder(**overrides) -> SegResEncoder:
@@ -36,10 +36,9 @@ class CTFMEmbedder(nn.Module):
         super().__init__()
         self.encoder = encoder if encoder is not None else build_encoder(**encoder_overrides)
         self.pool = nn.AdaptiveAvgPool3d(1)
-
-    @property
-    def out_features(self) -> int:
-        return EMBEDDING_DIM
+        # A plain int attribute (not a property reading a module constant) so TorchScript compiles the module;
+        # the width of the encoder's last stage: 512 for CT-FM.
+        self.out_features: int = self.encoder.init_filters * 2 ** (len(self.encoder.blocks_down) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.encoder(x)[-1]).flatten(1)

@@ -19,7 +19,7 @@ import torch
 from monai.metrics import DiceMetric
 
 from ctfm.io import csv_text, write_text_atomic
-from ctfm.metrics import bootstrap_ci, macro_mean_ci
+from ctfm.metrics import bootstrap_ci, in_dataset_order, macro_mean_ci
 
 PER_CASE_CSV = "per_structure_dice.csv"
 SUMMARY_CSV = "summary.csv"
@@ -62,14 +62,20 @@ def write_report(
     output_dir: str | os.PathLike,
     label_names: Mapping,
     label_groups: Mapping[str, list[str]],
+    world_size: int = 1,
 ) -> dict:
     """Turn MONAI ``MetricsSaver``'s ``dice_raw.csv`` into the evaluation report; returns the summary.
 
     Writes ``per_structure_dice.csv`` (one row per case, one column per structure name, NaN = absent
     from both), ``summary.csv`` (per structure and per group: mean, 95% CI, cases counted, cases
     absent from both) and ``summary.json`` (macro mean and group means with CIs).
+
+    ``world_size`` > 1 (multi_gpu_evaluate.json): the CSV holds the ranks' cases rank by rank; they are put
+    back in the dataset's order first, so the report equals a single process's.
     """
     cases, _, dice = read_per_case(raw_csv)
+    if world_size > 1:
+        cases, dice = in_dataset_order(cases, world_size), np.array(in_dataset_order(list(dice), world_size))
     names = [label_names[str(i)] for i in range(1, dice.shape[1] + 1)]
     out = Path(output_dir)
     write_text_atomic(out / PER_CASE_CSV, csv_text(

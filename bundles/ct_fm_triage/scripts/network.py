@@ -25,7 +25,7 @@ class TriageClassifier(nn.Module):
     def __init__(self, in_channels: int = 1, init_filters: int = ENCODER_CONFIG["init_filters"], dropout: float = 0.0):
         super().__init__()
         self.embedder = CTFMEmbedder(in_channels=in_channels, init_filters=init_filters)
-        width = init_filters * 2 ** (len(ENCODER_CONFIG["blocks_down"]) - 1)  # channels of the last stage: 512
+        width = self.embedder.out_features  # channels of the encoder's last stage: 512
         self.head = nn.Sequential(
             nn.Linear(width, width // 2), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(width // 2, 1)
         )

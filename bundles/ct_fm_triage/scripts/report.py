@@ -20,12 +20,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from monai.metrics import compute_confusion_matrix_metric, compute_roc_auc, get_confusion_matrix
+from torch.utils.data import DistributedSampler
 
 from ctfm.io import csv_text, write_text_atomic
-from ctfm.metrics import bootstrap_paired_ci
+from ctfm.metrics import bootstrap_paired_ci, in_dataset_order
 from scripts.data import LABEL_NAMES
 
 logger = logging.getLogger(__name__)
@@ -127,6 +129,9 @@ class PredictionCollector:
 
     Reads the evaluator's decollated output after postprocessing: ``pred`` is the probability
     (sigmoid of the logit) and ``label`` the truth when the datalist has one.
+
+    When the evaluator's loader has a ``DistributedSampler`` (multi_gpu_evaluate.json: each process sees its
+    shard), every process gathers all cases at the end of the epoch, in the dataset's order.
     """
 
     def __init__(self) -> None:
@@ -137,6 +142,7 @@ class PredictionCollector:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._gather)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def _reset(self, engine: Engine) -> None:
@@ -148,6 +154,19 @@ class PredictionCollector:
             self.probs.append(float(output["pred"]))
             if output.get("label") is not None:
                 self.labels.append(int(output["label"]))
+
+    def _gather(self, engine: Engine) -> None:
+        sampler = getattr(engine.state.dataloader, "sampler", None)
+        if not isinstance(sampler, DistributedSampler) or sampler.num_replicas == 1:
+            return
+        if sampler.shuffle or sampler.total_size != len(sampler.dataset):
+            raise ValueError(
+                "a sharded evaluation needs DistributedSampler(shuffle=False, even_divisible=False), as "
+                "multi_gpu_evaluate.json sets: shuffled or padded shards would reorder or repeat cases."
+            )
+        self.ids, self.probs, self.labels = (
+            in_dataset_order([x for part in idist.all_gather(values) for x in part], sampler.num_replicas)
+            for values in (self.ids, self.probs, self.labels))
 
     def epoch_completed(self, engine: Engine) -> None:
         raise NotImplementedError
@@ -186,6 +205,8 @@ class TriageReport(PredictionCollector):
     def epoch_completed(self, engine: Engine) -> None:
         if len(self.labels) != len(self.probs):
             raise ValueError("evaluation needs a label for every case; use inference.json for unlabelled scans.")
+        if idist.get_rank() > 0:  # under torchrun every rank holds all cases now; rank 0 writes
+            return
         metrics = triage_metrics(self.labels, self.probs, self.threshold, n_boot=self.n_boot)
         if self.validation_threshold is not None:  # labelled: not the paper's operating point
             beside = triage_metrics(self.labels, self.probs, self.validation_threshold, n_boot=self.n_boot)
