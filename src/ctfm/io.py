@@ -211,20 +211,28 @@ def csv_text(columns: Sequence[str], rows: Iterable[dict | Sequence]) -> str:
     return buffer.getvalue()
 
 
+_MONAI_WRAPPERS = ("Failed to evaluate", "applying transform")  # how MONAI's re-raised errors begin
+
+
 def root_cause(err: BaseException) -> BaseException:
-    """Our own error inside MONAI's wrappers ("applying transform ...", config expressions), else ``err``.
+    """Our own error inside MONAI's wrappers ("applying transform ...", config expressions), else the original.
 
     MONAI re-raises a transform's or a config expression's error as a ``RuntimeError`` whose
     ``__cause__`` (or ``__context__``) chain holds the original; ours are the ones defined in ``ctfm``
-    (or a missing file), and they already say what is wrong and how to fix it.
+    (or a missing or existing file), and they already say what is wrong and how to fix it. Without
+    one of ours, the first error of the chain that is not MONAI's wrapper.
     """
     chain, cur, seen = [], err, set()
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
-    ours = [e for e in chain if type(e).__module__.startswith("ctfm") or isinstance(e, FileNotFoundError)]
-    return ours[0] if ours else err
+    ours = [e for e in chain if type(e).__module__.startswith("ctfm") or isinstance(e, (FileNotFoundError, FileExistsError))]
+    if ours:
+        return ours[0]
+    # Not ours: the first error that is not one of MONAI's wrappers (an error of the bundle's own scripts, torch's)
+    unwrapped = [e for e in chain if not (isinstance(e, RuntimeError) and str(e).startswith(_MONAI_WRAPPERS))]
+    return unwrapped[0] if unwrapped else err
 
 
 def list_inputs(input: str | os.PathLike | Sequence) -> list[dict]:
