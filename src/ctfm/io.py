@@ -26,6 +26,18 @@ def is_volume_file(path: str | os.PathLike) -> bool:
     return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
+def is_dicom_folder(path: str | os.PathLike) -> bool:
+    """True for a folder holding a DICOM file: one named ``*.dcm`` or with the ``DICM`` marker at byte 128."""
+    for child in sorted(Path(path).iterdir()):
+        if child.is_file():
+            if child.suffix.lower() == ".dcm":
+                return True
+            with open(child, "rb") as f:
+                if f.read(132)[128:] == b"DICM":
+                    return True
+    return False
+
+
 def strip_volume_suffix(name: str, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> str:
     """``case1.nii.gz`` -> ``case1``; a name without a volume suffix (a DICOM folder) is returned as is."""
     for suffix in suffixes:
@@ -257,8 +269,11 @@ def list_inputs(input: str | os.PathLike | Sequence) -> list[dict]:
             continue
         children = sorted(path.iterdir())
         scans = [c for c in children if is_volume_file(c)] + [c for c in children if c.is_dir()]
-        if not scans and not any(c.is_file() for c in children):
-            raise FileNotFoundError(f"--input {given}: an empty folder, with no CT volume or DICOM series.")
+        if not scans and not is_dicom_folder(path):
+            found = f"only {', '.join(c.name for c in children[:5])}" if children else "nothing"
+            raise FileNotFoundError(f"--input {given}: a folder with no CT volume (NIfTI/NRRD) and no DICOM file "
+                                    f"(it holds {found}). Give a NIfTI/NRRD file, a DICOM series folder, or a folder "
+                                    "of those.")
         # No volume files and no sub-folders: the folder is one DICOM series (its files often have no suffix).
         items += [{"image": str(c)} for c in scans] or [{"image": str(path)}]
     return items

@@ -18,6 +18,7 @@ import torch
 from monai.data import MetaTensor, load_decathlon_datalist
 from monai.transforms import LoadImage, MapTransform
 
+from ctfm.io import is_dicom_folder
 from ctfm.registry import AIR_HU  # what nonfinite="air" writes (the CT-FM padding value)
 
 MIN_SIZE = 4  # voxels per axis below which a "volume" is a slice, a localizer or a thumbnail
@@ -77,6 +78,13 @@ def load_volume(
         raise FileNotFoundError(f"{path}: no such file or DICOM folder. Check the path (and dataset_dir in datalists).")
     if path.is_file() and path.stat().st_size == 0:
         raise CTInputError(f"{path}: the file is empty (0 bytes). Copy or export it again.")
+    if path.is_dir() and not is_dicom_folder(path):
+        found = sorted(p.name for p in path.iterdir())
+        shown = f"it holds {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}" if found else "it is empty"
+        raise CTInputError(
+            f"{path}: a folder without a DICOM file ({shown}). Give a NIfTI/NRRD file, or a folder holding one "
+            "DICOM series."
+        )
     if reader is None and path.is_dir():
         reader = "ITKReader"  # DICOM series folders: only ITK reads them (also JPEG 2000 compressed)
     try:
@@ -271,6 +279,21 @@ def check_files_exist(items: Iterable[Mapping], keys: Iterable[str] = ("image", 
         )
 
 
+def read_datalist(datalist: str | os.PathLike) -> dict:
+    """The JSON of a datalist file; a missing file or a syntax error (with its line and column) is one clear error."""
+    path = Path(datalist)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist {path} does not exist. Give --datalist (or --dataset_dir holding "
+                                "datalist.json) a decathlon-style JSON file; the ctfm convert-* commands write one.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatalistError(
+            f"datalist {path}: not valid JSON at line {err.lineno}, column {err.colno} ({err.msg}). Fix the syntax "
+            "there (often a missing or trailing comma, or an unclosed bracket or quote), or write the datalist again."
+        ) from None
+
+
 def load_datalist(
     datalist: str | os.PathLike,
     split: str,
@@ -286,16 +309,7 @@ def load_datalist(
     index, as written and as resolved) and the folder relative paths were resolved against.
     """
     path = Path(datalist)
-    if not path.is_file():
-        raise FileNotFoundError(f"datalist {path} does not exist. Give --datalist (or --dataset_dir holding "
-                                "datalist.json) a decathlon-style JSON file; the ctfm convert-* commands write one.")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DatalistError(
-            f"datalist {path}: not valid JSON at line {err.lineno}, column {err.colno} ({err.msg}). Fix the syntax "
-            "there (often a missing or trailing comma, or an unclosed bracket or quote), or write the datalist again."
-        ) from None
+    raw = read_datalist(path)
     entries = raw.get(split) if isinstance(raw, dict) else None
     if not isinstance(entries, list) or not entries:
         lists = sorted(k for k, v in raw.items() if isinstance(v, list) and v) if isinstance(raw, dict) else []
