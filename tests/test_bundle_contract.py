@@ -31,7 +31,7 @@ OLD_IDS = ("image", "ckpt_file", "weights", "encoder_path", "resume_checkpoint",
 RANK_ZERO_ONLY = {
     "ct_fm_pretrain": {"train#handlers": {"StatsHandler", "TensorBoardStatsHandler", "ConsoleProgress"}},
     "ct_fm_segmentation": {
-        "train#handlers": {"StatsHandler", "TensorBoardStatsHandler"},
+        "train#handlers": {"StatsHandler", "TensorBoardStatsHandler", "TrainingProgress"},
         "train#resume_handlers": {"CheckpointSaver"},
         "validate#handlers": {"StatsHandler", "TensorBoardStatsHandler", "CheckpointSaver"},
     },

@@ -10,6 +10,7 @@ config's ``imports`` before any other item, so the import installs :func:`report
     CTInputError: <file>: <the problem>. <the fix>
 
 and exits with status 1. Where the run has no output folder yet, the traceback is printed first.
+Nothing changes in a process that only reads a bundle config (MONAI Label, the tests).
 """
 
 from __future__ import annotations
@@ -100,5 +101,8 @@ def _record_without_engine_traceback(*args, **kwargs) -> logging.LogRecord:
 
 
 _make_record = logging.getLogRecordFactory()
-logging.setLogRecordFactory(_record_without_engine_traceback)
-sys.excepthook = report_failure
+# Only in the bundle command (a user's run, torchrun's workers): a process that merely reads a config
+# (MONAI Label, the tests) keeps its own error handling.
+if Path(sys.argv[0]).as_posix().endswith("monai/bundle/__main__.py"):
+    logging.setLogRecordFactory(_record_without_engine_traceback)
+    sys.excepthook = report_failure
