@@ -9,6 +9,7 @@ import time
 from ignite.engine import Engine, Events
 
 logger = logging.getLogger("ctfm.inference")
+train_logger = logging.getLogger("ctfm.training")
 
 
 class ScanProgress:
@@ -67,18 +68,18 @@ class TrainingProgress:
         elapsed = time.perf_counter() - self.started
         remaining = state.max_epochs * state.epoch_length - state.iteration
         eta = elapsed / max(1, state.iteration - self.first_iteration) * remaining
-        logger.info("epoch %d/%d, iteration %d/%d: elapsed %s, ETA %s", state.epoch, state.max_epochs, in_epoch,
+        train_logger.info("epoch %d/%d, iteration %d/%d: elapsed %s, ETA %s", state.epoch, state.max_epochs, in_epoch,
                     state.epoch_length, _clock(elapsed), _clock(eta))
 
     def _validated(self, validator: Engine) -> None:
         state = validator.state
         if state.best_metric_epoch != self.best_epoch and state.best_metric_epoch == state.epoch:
             self.best_epoch = state.best_metric_epoch
-            logger.info("new best %s %.4f at epoch %d: model written to %s", validator.state.key_metric_name,
+            train_logger.info("new best %s %.4f at epoch %d: model written to %s", validator.state.key_metric_name,
                         state.best_metric, state.best_metric_epoch, self.best_model)
 
     def _completed(self, engine: Engine) -> None:
-        logger.info("training done in %s", _clock(time.perf_counter() - self.started))
+        train_logger.info("training done in %s", _clock(time.perf_counter() - self.started))
         if self.validator is not None and self.best_epoch >= 0:
-            logger.info("best %s %.4f at epoch %d: the model is %s", self.validator.state.key_metric_name,
+            train_logger.info("best %s %.4f at epoch %d: the model is %s", self.validator.state.key_metric_name,
                         self.validator.state.best_metric, self.best_epoch, self.best_model)
