@@ -51,7 +51,9 @@ def run_output_dir(tb) -> Path | None:
     """
     while tb is not None:
         for value in tb.tb_frame.f_locals.values():
-            resolver = getattr(getattr(value, "parser", None), "ref_resolver", None)
+            # the instance's own attributes: a workflow's getattr looks names up in its config, and raises
+            parser = getattr(value, "__dict__", {}).get("parser") if not isinstance(value, type) else None
+            resolver = getattr(parser, "ref_resolver", None)
             out = getattr(resolver, "resolved_content", {}).get("output_dir")
             if isinstance(out, (str, os.PathLike)) and str(out):
                 return Path(out)
@@ -80,7 +82,7 @@ def report_failure(exc_type, exc, tb) -> None:
     try:
         output_dir = run_output_dir(tb)
         where = write_log(output_dir, full) if output_dir is not None else None
-    except OSError as err:  # an unwritable folder: the traceback goes to the terminal instead
+    except Exception as err:  # noqa: BLE001 - e.g. an unwritable folder: the traceback goes to the terminal instead
         full += f"\n(could not write the error log: {err})\n"
     if where is None:
         sys.stderr.write(full)
