@@ -269,11 +269,12 @@ def list_inputs(input: str | os.PathLike | Sequence) -> list[dict]:
             continue
         children = sorted(path.iterdir())
         scans = [c for c in children if is_volume_file(c)] + [c for c in children if c.is_dir()]
+        if not children:
+            raise FileNotFoundError(f"--input {given}: an empty folder, with no CT volume or DICOM series.")
         if not scans and not is_dicom_folder(path):
-            found = f"only {', '.join(c.name for c in children[:5])}" if children else "nothing"
             raise FileNotFoundError(f"--input {given}: a folder with no CT volume (NIfTI/NRRD) and no DICOM file "
-                                    f"(it holds {found}). Give a NIfTI/NRRD file, a DICOM series folder, or a folder "
-                                    "of those.")
+                                    f"(it holds only {', '.join(c.name for c in children[:5])}). Give a NIfTI/NRRD "
+                                    "file, a DICOM series folder, or a folder of those.")
         # No volume files and no sub-folders: the folder is one DICOM series (its files often have no suffix).
         items += [{"image": str(c)} for c in scans] or [{"image": str(path)}]
     return items
