@@ -65,7 +65,7 @@ def cases(bad, tmp_path_factory) -> dict[str, tuple[str, str]]:
     other = save_pretrained(build_encoder(init_filters=8), root / "not_ct_fm")
     return {
         **bad,
-        "empty_folder": (str(root / "empty"), FOLDER_PROBLEM),
+        "empty_folder": (str(root / "empty"), r"an empty folder|it is empty"),
         "folder_without_images": (str(root / "no_images"), FOLDER_PROBLEM),
         "bad_datalist_json": (str(root / "bad.json"), r"not valid JSON at line 2, column 2"),
         "missing_datalist_paths": (str(root / "missing.json"), r"do not exist: training\[0\] image 'images/ct.nii.gz'"),
