@@ -223,7 +223,7 @@ def csv_text(columns: Sequence[str], rows: Iterable[dict | Sequence]) -> str:
     return buffer.getvalue()
 
 
-_MONAI_WRAPPERS = ("Failed to evaluate", "applying transform")  # how MONAI's re-raised errors begin
+_MONAI_WRAPPERS = ("Failed to evaluate", "Failed to instantiate", "applying transform")  # MONAI's re-raised errors
 
 
 def root_cause(err: BaseException) -> BaseException:

@@ -43,7 +43,8 @@ class CTInputError(ValueError):
 
 
 class DatalistError(ValueError):
-    """A datalist that cannot be used. The message names the datalist, the entry and the fix."""
+    """A datalist that cannot be read (syntax, missing list, malformed entry). The message names the datalist,
+    the entry and the fix; missing files are a ``FileNotFoundError`` with the same details."""
 
 
 def source_name(img, fallback: str = "<array>") -> str:
@@ -331,7 +332,7 @@ def load_datalist(
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         against = f"dataset_dir {base}" if dataset_dir not in (None, "") else f"the datalist's folder {base}"
-        raise DatalistError(
+        raise FileNotFoundError(
             f"datalist {path}: {len(missing)} file(s) do not exist: {'; '.join(missing[:3])}{more}. Relative paths "
             f"are resolved against {against}: set --dataset_dir to the folder they are relative to, or fix those "
             "entries."
