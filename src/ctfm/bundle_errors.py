@@ -9,8 +9,9 @@ config's ``imports`` before any other item, so the import installs :func:`report
     The run failed; the full traceback is in <output_dir>/error_<time>.log
     CTInputError: <file>: <the problem>. <the fix>
 
-and exits with status 1. Where the run has no output folder yet, the traceback is printed first.
-Nothing changes in a process that only reads a bundle config (MONAI Label, the tests).
+and exits with status 1. A run refused before its output folder exists (most checks run before any
+work) leaves no folder: its log goes to the system's temporary folder. Where no log can be written, the
+traceback is printed first. Nothing changes in a process that only reads a bundle config (MONAI Label, the tests).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -63,12 +65,14 @@ def run_output_dir(tb) -> Path | None:
     return Path(given) if given and not given.startswith(("$", "@", "%")) else None
 
 
-def write_log(output_dir: Path, text: str) -> Path:
-    """``text`` in a new ``error_<time>.log`` under ``output_dir`` (never replacing an earlier log)."""
+def write_log(output_dir: Path | None, text: str) -> Path:
+    """``text`` in a new ``error_<time>.log`` (never replacing an earlier log) in ``output_dir`` if it exists,
+    else in the system's temporary folder: a run refused before it wrote anything creates no output folder."""
+    folder = output_dir if output_dir is not None and output_dir.is_dir() else Path(tempfile.gettempdir())
     stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
-    path = output_dir / f"error_{stamp}.log"
+    path = folder / (f"error_{stamp}.log" if folder == output_dir else f"ctfm_error_{stamp}_{os.getpid()}.log")
     if path.exists():
-        path = output_dir / f"error_{stamp}_{os.getpid()}.log"
+        path = path.with_name(f"{path.stem}_{os.getpid()}.log")
     return write_text_atomic(path, text)
 
 
@@ -80,8 +84,7 @@ def report_failure(exc_type, exc, tb) -> None:
     full = "".join(traceback.format_exception(exc_type, exc, tb))
     where = None
     try:
-        output_dir = run_output_dir(tb)
-        where = write_log(output_dir, full) if output_dir is not None else None
+        where = write_log(run_output_dir(tb), full)
     except Exception as err:  # noqa: BLE001 - e.g. an unwritable folder: the traceback goes to the terminal instead
         full += f"\n(could not write the error log: {err})\n"
     if where is None:
