@@ -131,7 +131,7 @@ def test_input_is_a_file_a_dicom_folder_a_folder_of_volumes_or_a_list(tmp_path):
         list_inputs(tmp_path / "empty")
     (tmp_path / "no_images").mkdir()
     (tmp_path / "no_images" / "notes.txt").write_text("not a scan")
-    with pytest.raises(FileNotFoundError, match=r"no_images: a folder with no CT volume .* and no DICOM file .*notes.txt"):
+    with pytest.raises(FileNotFoundError, match=r"no_images: a folder with no CT volume .* no DICOM file .*notes.txt"):
         list_inputs(tmp_path / "no_images")
     with pytest.raises(ValueError, match="no input"):
         list_inputs("")

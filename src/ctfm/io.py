@@ -239,7 +239,8 @@ def root_cause(err: BaseException) -> BaseException:
         seen.add(id(cur))
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
-    ours = [e for e in chain if type(e).__module__.startswith("ctfm") or isinstance(e, (FileNotFoundError, FileExistsError))]
+    ours = [e for e in chain
+            if type(e).__module__.startswith("ctfm") or isinstance(e, (FileNotFoundError, FileExistsError))]
     if ours:
         return ours[0]
     # Not ours: the first error that is not one of MONAI's wrappers (an error of the bundle's own scripts, torch's)

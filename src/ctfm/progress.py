@@ -1,4 +1,4 @@
-"""Progress of long bundle runs: inference logs "scan N of M" per scan; training logs its place, elapsed time and ETA."""
+"""Progress of long bundle runs: inference logs "scan N of M" per scan; training its place, elapsed time and ETA."""
 
 from __future__ import annotations
 

@@ -50,8 +50,8 @@ def run(args) -> int:
     # Scans that failed (not filtered out) are input errors: the last lines name them, and the status says so.
     failed = result["failed"]
     for row in failed[:10]:
-        print(f"failed: {row['reason']}" if row["source"] in row["reason"] else f"failed: {row['source']}: {row['reason']}",
-              file=sys.stderr)
+        named = row["source"] in row["reason"]  # our errors name the file already
+        print(f"failed: {row['reason']}" if named else f"failed: {row['source']}: {row['reason']}", file=sys.stderr)
     if len(failed) > 10:
         print(f"... and {len(failed) - 10} more failed scan(s), listed in {result['manifest']}", file=sys.stderr)
     return 1 if failed else 0
