@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -188,3 +187,34 @@ def test_segmentation_training(cases, kind, tmp_path):
     proc = run_bundle(BUNDLES / "ct_fm_segmentation", "train.json", run, check=False)
     assert_names_file_and_problem(bundle_message(proc), path, problem)
     assert not (tmp_path / "run" / "models" / "model.pt").exists()
+
+
+# --- The pieces of a failed run's last lines ----------------------------------------------------
+
+
+def test_an_error_raised_in_a_dataloader_worker_keeps_our_message(bad):
+    """A worker re-raises MONAI's wrapper with the worker's whole traceback as its text: our message is found in it."""
+    from monai.data import DataLoader, Dataset
+
+    from ctfm.bundle_errors import failure_message
+    from ctfm.validation import LoadCTd
+
+    path, problem = bad["nan_block"]
+    loader = DataLoader(Dataset([{"image": path}], transform=LoadCTd("image")), num_workers=1)
+    with pytest.raises(RuntimeError) as err:
+        next(iter(loader))
+    message = failure_message(err.value)
+    assert message.startswith("CTInputError: ") and "Traceback" not in message
+    assert_names_file_and_problem(message, path, problem)
+
+
+def test_root_cause_without_an_error_of_ours_is_the_first_that_is_not_monais_wrapper():
+    from ctfm.io import root_cause
+
+    try:
+        try:
+            raise IndexError("index 200 is out of bounds")
+        except IndexError as inner:
+            raise RuntimeError("Failed to evaluate ConfigExpression: ...") from inner
+    except RuntimeError as outer:
+        assert str(root_cause(outer)) == "index 200 is out of bounds"
