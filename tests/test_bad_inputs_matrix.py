@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,13 +89,15 @@ def last_cli_line(capsys) -> str:
     return capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def bundle_message(proc) -> str:
+def bundle_message(proc, output_dir: Path, tmp_path: Path) -> str:
     """What a failed bundle run ends with: everything after MONAI's output (the hook's last lines)."""
     assert proc.returncode != 0
     said = proc.stderr.strip()
     assert "The run failed; the full traceback is in" in said, said[-3000:]
     log, message = said.rsplit("The run failed; the full traceback is in ", 1)[1].split("\n", 1)
     assert "Traceback" in open(log).read()  # the traceback went to the run's log, not the terminal
+    # in the run's output folder where it exists, else in the temporary folder ($TMPDIR: the test's tmp_path)
+    assert Path(log).parent == (output_dir if output_dir.is_dir() else tmp_path), log
     assert "Traceback" not in proc.stderr + proc.stdout
     return message
 
@@ -149,7 +152,7 @@ def test_segmentation_inference(cases, kind, tmp_path):
     path, problem = cases[kind]
     proc = run_bundle(BUNDLES / "ct_fm_segmentation", "inference.json", {
         "input": path, "ckpt_path": "", "output_dir": str(tmp_path / "out"), "patch_size": [32, 32, 32]}, check=False)
-    assert_names_file_and_problem(bundle_message(proc), path, problem)
+    assert_names_file_and_problem(bundle_message(proc, tmp_path / "out", tmp_path), path, problem)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +176,7 @@ def test_triage_inference(cases, triage_model, kind, tmp_path):
         "input": path, "ckpt_path": str(triage_model), "output_dir": str(tmp_path / "out"), "spacing": [4, 4, 4],
         "spatial_size": [12, 16, 16], "init_filters": 4, "window_layout": "channels", "num_workers": 0,
     }, check=False)
-    assert_names_file_and_problem(bundle_message(proc), path, problem)
+    assert_names_file_and_problem(bundle_message(proc, tmp_path / "out", tmp_path), path, problem)
 
 
 @pytest.mark.parametrize("kind", TRAINING_KINDS)
@@ -185,7 +188,7 @@ def test_segmentation_training(cases, kind, tmp_path):
     if kind == "non_ct_fm_weights":
         run["ct_fm_weights"] = path
     proc = run_bundle(BUNDLES / "ct_fm_segmentation", "train.json", run, check=False)
-    assert_names_file_and_problem(bundle_message(proc), path, problem)
+    assert_names_file_and_problem(bundle_message(proc, tmp_path / "run", tmp_path), path, problem)
     assert not (tmp_path / "run" / "models" / "model.pt").exists()
 
 
