@@ -24,3 +24,10 @@ def sample_ct():
 def _few_threads(monkeypatch):
     # Two cores in CI: keep torch from oversubscribing when tests run subprocesses.
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+
+
+@pytest.fixture(autouse=True)
+def _subprocess_temporaries_in_tmp_path(monkeypatch, tmp_path):
+    # A bundle run refused before its output folder exists writes its error log to the temporary folder
+    # (ctfm.bundle_errors): in tests, the test's own folder, removed with the others.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))

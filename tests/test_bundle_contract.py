@@ -31,7 +31,7 @@ OLD_IDS = ("image", "ckpt_file", "weights", "encoder_path", "resume_checkpoint",
 RANK_ZERO_ONLY = {
     "ct_fm_pretrain": {"train#handlers": {"StatsHandler", "TensorBoardStatsHandler", "ConsoleProgress"}},
     "ct_fm_segmentation": {
-        "train#handlers": {"StatsHandler", "TensorBoardStatsHandler"},
+        "train#handlers": {"StatsHandler", "TensorBoardStatsHandler", "TrainingProgress"},
         "train#resume_handlers": {"CheckpointSaver"},
         "validate#handlers": {"StatsHandler", "TensorBoardStatsHandler", "CheckpointSaver"},
     },
@@ -115,8 +115,9 @@ def test_multi_gpu_overlay_disables_the_rank_zero_only_handlers_by_name(bundle, 
 
 def test_input_is_a_file_a_dicom_folder_a_folder_of_volumes_or_a_list(tmp_path):
     (tmp_path / "scans" / "series").mkdir(parents=True)
-    for name in ("b.nii.gz", "a.nrrd", "notes.txt", "series/IM0001"):
+    for name in ("b.nii.gz", "a.nrrd", "notes.txt"):
         (tmp_path / "scans" / name).write_bytes(b"x")
+    (tmp_path / "scans" / "series" / "IM0001").write_bytes(bytes(128) + b"DICM")  # DICOM files often lack a suffix
     scans = tmp_path / "scans"
     assert list_inputs(str(scans / "a.nrrd")) == [{"image": str(scans / "a.nrrd")}]
     assert list_inputs(scans) == [{"image": str(scans / n)} for n in ("a.nrrd", "b.nii.gz", "series")]
@@ -128,6 +129,10 @@ def test_input_is_a_file_a_dicom_folder_a_folder_of_volumes_or_a_list(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty folder"):
         list_inputs(tmp_path / "empty")
+    (tmp_path / "no_images").mkdir()
+    (tmp_path / "no_images" / "notes.txt").write_text("not a scan")
+    with pytest.raises(FileNotFoundError, match=r"no_images: a folder with no CT volume .* no DICOM file .*notes.txt"):
+        list_inputs(tmp_path / "no_images")
     with pytest.raises(ValueError, match="no input"):
         list_inputs("")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -91,6 +92,13 @@ def test_training_from_ct_fm_weights_reduces_the_loss(trained, ct_fm_weights):
     dice = tensorboard_scalars(trained["out"], "val_mean_dice")
     assert len(dice) == 2 and all(np.isfinite(dice)), dice
     assert trained["model"].is_file()
+
+
+def test_training_logs_progress_with_eta_and_where_the_best_model_is(trained):
+    log = trained["log"]
+    assert re.search(r"epoch 8/8, iteration 1/1: elapsed \d+:\d\d:\d\d, ETA 0:00:00", log), log[-3000:]
+    assert f"model written to {trained['model']}" in log  # when validation improves
+    assert re.search(rf"best val_mean_dice [\d.]+ at epoch [48]: the model is {re.escape(str(trained['model']))}", log)
 
 
 def test_a_short_cpu_run_raises_validation_dice(phantoms, tmp_path):

@@ -26,6 +26,18 @@ def is_volume_file(path: str | os.PathLike) -> bool:
     return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
+def is_dicom_folder(path: str | os.PathLike) -> bool:
+    """True for a folder holding a DICOM file: one named ``*.dcm`` or with the ``DICM`` marker at byte 128."""
+    for child in sorted(Path(path).iterdir()):
+        if child.is_file():
+            if child.suffix.lower() == ".dcm":
+                return True
+            with open(child, "rb") as f:
+                if f.read(132)[128:] == b"DICM":
+                    return True
+    return False
+
+
 def strip_volume_suffix(name: str, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> str:
     """``case1.nii.gz`` -> ``case1``; a name without a volume suffix (a DICOM folder) is returned as is."""
     for suffix in suffixes:
@@ -211,20 +223,29 @@ def csv_text(columns: Sequence[str], rows: Iterable[dict | Sequence]) -> str:
     return buffer.getvalue()
 
 
+_MONAI_WRAPPERS = ("Failed to evaluate", "Failed to instantiate", "applying transform")  # MONAI's re-raised errors
+
+
 def root_cause(err: BaseException) -> BaseException:
-    """Our own error inside MONAI's wrappers ("applying transform ...", config expressions), else ``err``.
+    """Our own error inside MONAI's wrappers ("applying transform ...", config expressions), else the original.
 
     MONAI re-raises a transform's or a config expression's error as a ``RuntimeError`` whose
     ``__cause__`` (or ``__context__``) chain holds the original; ours are the ones defined in ``ctfm``
-    (or a missing file), and they already say what is wrong and how to fix it.
+    (or a missing or existing file), and they already say what is wrong and how to fix it. Without
+    one of ours, the first error of the chain that is not MONAI's wrapper.
     """
     chain, cur, seen = [], err, set()
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
-    ours = [e for e in chain if type(e).__module__.startswith("ctfm") or isinstance(e, FileNotFoundError)]
-    return ours[0] if ours else err
+    ours = [e for e in chain
+            if type(e).__module__.startswith("ctfm") or isinstance(e, (FileNotFoundError, FileExistsError))]
+    if ours:
+        return ours[0]
+    # Not ours: the first error that is not one of MONAI's wrappers (an error of the bundle's own scripts, torch's)
+    unwrapped = [e for e in chain if not (isinstance(e, RuntimeError) and str(e).startswith(_MONAI_WRAPPERS))]
+    return unwrapped[0] if unwrapped else err
 
 
 def list_inputs(input: str | os.PathLike | Sequence) -> list[dict]:
@@ -249,8 +270,12 @@ def list_inputs(input: str | os.PathLike | Sequence) -> list[dict]:
             continue
         children = sorted(path.iterdir())
         scans = [c for c in children if is_volume_file(c)] + [c for c in children if c.is_dir()]
-        if not scans and not any(c.is_file() for c in children):
+        if not children:
             raise FileNotFoundError(f"--input {given}: an empty folder, with no CT volume or DICOM series.")
+        if not scans and not is_dicom_folder(path):
+            raise FileNotFoundError(f"--input {given}: a folder with no CT volume (NIfTI/NRRD) and no DICOM file "
+                                    f"(it holds only {', '.join(c.name for c in children[:5])}). Give a NIfTI/NRRD "
+                                    "file, a DICOM series folder, or a folder of those.")
         # No volume files and no sub-folders: the folder is one DICOM series (its files often have no suffix).
         items += [{"image": str(c)} for c in scans] or [{"image": str(path)}]
     return items

@@ -7,6 +7,7 @@ users, in ``docs/input_checks.md``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Hashable, Iterable, Mapping
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, load_decathlon_datalist
 from monai.transforms import LoadImage, MapTransform
 
+from ctfm.io import is_dicom_folder
 from ctfm.registry import AIR_HU  # what nonfinite="air" writes (the CT-FM padding value)
 
 MIN_SIZE = 4  # voxels per axis below which a "volume" is a slice, a localizer or a thumbnail
@@ -38,6 +40,11 @@ _warned_thick: set[str] = set()  # files already warned about in this process (e
 
 class CTInputError(ValueError):
     """An input volume that CT-FM cannot use. The message names the file, the problem and the fix."""
+
+
+class DatalistError(ValueError):
+    """A datalist that cannot be read (syntax, missing list, malformed entry). The message names the datalist,
+    the entry and the fix; missing files are a ``FileNotFoundError`` with the same details."""
 
 
 def source_name(img, fallback: str = "<array>") -> str:
@@ -72,6 +79,13 @@ def load_volume(
         raise FileNotFoundError(f"{path}: no such file or DICOM folder. Check the path (and dataset_dir in datalists).")
     if path.is_file() and path.stat().st_size == 0:
         raise CTInputError(f"{path}: the file is empty (0 bytes). Copy or export it again.")
+    if path.is_dir() and not is_dicom_folder(path):
+        found = sorted(p.name for p in path.iterdir())
+        shown = f"it holds {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}" if found else "it is empty"
+        raise CTInputError(
+            f"{path}: a folder without a DICOM file ({shown}). Give a NIfTI/NRRD file, or a folder holding one "
+            "DICOM series."
+        )
     if reader is None and path.is_dir():
         reader = "ITKReader"  # DICOM series folders: only ITK reads them (also JPEG 2000 compressed)
     try:
@@ -264,6 +278,66 @@ def check_files_exist(items: Iterable[Mapping], keys: Iterable[str] = ("image", 
             f"{len(missing)} file(s) of {where or 'the datalist'} do not exist:\n  {shown}\n"
             "Check dataset_dir (paths in a datalist are relative to it) and the datalist itself."
         )
+
+
+def read_datalist(datalist: str | os.PathLike) -> dict:
+    """The JSON of a datalist file; a missing file or a syntax error (with its line and column) is one clear error."""
+    path = Path(datalist)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist {path} does not exist. Give --datalist (or --dataset_dir holding "
+                                "datalist.json) a decathlon-style JSON file; the ctfm convert-* commands write one.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatalistError(
+            f"datalist {path}: not valid JSON at line {err.lineno}, column {err.colno} ({err.msg}). Fix the syntax "
+            "there (often a missing or trailing comma, or an unclosed bracket or quote), or write the datalist again."
+        ) from None
+
+
+def load_datalist(
+    datalist: str | os.PathLike,
+    split: str,
+    dataset_dir: str | os.PathLike | None = None,
+    keys: Iterable[str] = ("image", "label"),
+    is_segmentation: bool = True,
+) -> list[dict]:
+    """The ``split`` list of a decathlon-style datalist, as MONAI's ``load_decathlon_datalist`` reads it
+    (relative paths joined to ``dataset_dir``, else to the datalist's folder), checked before any work.
+
+    A JSON syntax error names the line and column; a missing or empty ``split`` names the lists there
+    are; every path under ``keys`` must exist, and one error names the missing entries (split and
+    index, as written and as resolved) and the folder relative paths were resolved against.
+    """
+    path = Path(datalist)
+    raw = read_datalist(path)
+    entries = raw.get(split) if isinstance(raw, dict) else None
+    if not isinstance(entries, list) or not entries:
+        lists = sorted(k for k, v in raw.items() if isinstance(v, list) and v) if isinstance(raw, dict) else []
+        raise DatalistError(f"datalist {path} has no entries under {split!r}; its non-empty lists are {lists}. "
+                            "Add the entries, or choose one of those lists.")
+    for index, entry in enumerate(entries):
+        if not (isinstance(entry, str) or (isinstance(entry, dict) and "image" in entry)):
+            raise DatalistError(f"datalist {path}: entry {split}[{index}] is {entry!r}, not an object with an "
+                                '"image" path. Write each entry as {"image": path, ...}.')
+    base = Path(dataset_dir) if dataset_dir not in (None, "") else path.parent
+    items = load_decathlon_datalist(path, is_segmentation=is_segmentation, data_list_key=split, base_dir=base)
+    written = [{"image": e} if isinstance(e, str) else e for e in entries]
+    missing = [
+        f"{split}[{index}] {key} {given[key]!r} -> {item[key]}"
+        for index, (given, item) in enumerate(zip(written, items))
+        for key in keys
+        if isinstance(item.get(key), (str, os.PathLike)) and not Path(item[key]).exists()
+    ]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        against = f"dataset_dir {base}" if dataset_dir not in (None, "") else f"the datalist's folder {base}"
+        raise FileNotFoundError(
+            f"datalist {path}: {len(missing)} file(s) do not exist: {'; '.join(missing[:3])}{more}. Relative paths "
+            f"are resolved against {against}: set --dataset_dir to the folder they are relative to, or fix those "
+            "entries."
+        )
+    return items
 
 
 def check_label_values(label: torch.Tensor, num_classes: int | None = None, source: str | None = None) -> None:

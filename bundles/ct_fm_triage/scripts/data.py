@@ -6,10 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from monai.data import load_decathlon_datalist
-
 from ctfm.io import list_inputs
-from ctfm.validation import check_files_exist
+from ctfm.validation import load_datalist
 
 LABEL_NAMES = {0: "normal", 1: "abnormal"}
 
@@ -20,17 +18,9 @@ def load_triage_datalist(datalist: str | os.PathLike, dataset_dir: str | os.Path
     Paths are relative to ``dataset_dir``. ``id`` is the entry's own ``id`` or else its image path as written.
     """
     path = Path(datalist)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"datalist {path} does not exist. Give --datalist a decathlon-style JSON with lists of "
-            '{"image": path, "label": 0 or 1} (ctfm convert-sinoct / convert-cq500 write one).'
-        )
-    raw = json.loads(path.read_text())
-    if not raw.get(list_key):
-        lists = sorted(k for k, v in raw.items() if isinstance(v, list) and v)
-        raise ValueError(f"datalist {path} has no entries under {list_key!r}; its non-empty lists are {lists}.")
-    ids = [entry.get("id", entry.get("image")) for entry in raw[list_key]]
-    items = load_decathlon_datalist(path, is_segmentation=False, data_list_key=list_key, base_dir=dataset_dir)
+    items = load_datalist(path, list_key, dataset_dir, keys=("image",), is_segmentation=False)
+    entries = json.loads(path.read_text())[list_key]
+    ids = [entry.get("id", entry["image"]) if isinstance(entry, dict) else entry for entry in entries]
     bad = [(i, item.get("label")) for i, item in zip(ids, items) if item.get("label") not in (0, 1)]
     if bad:
         shown = ", ".join(f"{i}: {label!r}" for i, label in bad[:5])
@@ -38,7 +28,6 @@ def load_triage_datalist(datalist: str | os.PathLike, dataset_dir: str | os.Path
             f"datalist {path} [{list_key}]: {len(bad)} entr(ies) without a label 0 (normal) or 1 (abnormal): {shown}. "
             "Triage needs one integer label per scan; write 0 or 1 (bool labels are fine)."
         )
-    check_files_exist(items, keys=("image",), where=f"datalist {path} [{list_key}] with dataset_dir {dataset_dir}")
     return [{"image": item["image"], "label": int(item["label"]), "id": str(i)} for i, item in zip(ids, items)]
 
 

@@ -8,7 +8,6 @@ file in any viewer.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,11 +66,10 @@ class Scan:
 def datalist_entries(datalist: str | os.PathLike, dataset_dir: str | os.PathLike | None = None) -> list[dict]:
     """Every entry of every list in a decathlon-style datalist (training, validation, testing, ...), paths resolved
     against ``dataset_dir`` (default: the datalist's folder)."""
-    from monai.data import load_decathlon_datalist
+    from ctfm.validation import load_datalist, read_datalist
 
-    base = str(dataset_dir or Path(datalist).parent)
-    lists = [k for k, v in json.loads(Path(datalist).read_text()).items() if isinstance(v, list) and k != "labels"]
-    return [d for k in lists for d in load_decathlon_datalist(datalist, data_list_key=k, base_dir=base)]
+    lists = [k for k, v in read_datalist(datalist).items() if isinstance(v, list) and v and k != "labels"]
+    return [d for k in lists for d in load_datalist(datalist, k, dataset_dir, keys=("image",))]
 
 
 def save_map(values: np.ndarray, grid, path, like=None, mode: str = "bilinear"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from ctfm.pretraining import prepare
 
@@ -46,4 +47,11 @@ def run(args) -> int:
     print(f"done: {result['counts']}; manifest {result['manifest']}; datalist {result['datalist']}")
     for reason, n in sorted(result["dropped_by_reason"].items(), key=lambda kv: -kv[1]):
         print(f"  dropped {n:6d}  {reason}")
-    return 0
+    # Scans that failed (not filtered out) are input errors: the last lines name them, and the status says so.
+    failed = result["failed"]
+    for row in failed[:10]:
+        named = row["source"] in row["reason"]  # our errors name the file already
+        print(f"failed: {row['reason']}" if named else f"failed: {row['source']}: {row['reason']}", file=sys.stderr)
+    if len(failed) > 10:
+        print(f"... and {len(failed) - 10} more failed scan(s), listed in {result['manifest']}", file=sys.stderr)
+    return 1 if failed else 0

@@ -104,7 +104,8 @@ def prepare_cache(
     workers: int = 1,
     filters: QualityFilters = QualityFilters(),
 ) -> dict:
-    """Filter and cache this shard's scans (those not done yet); returns counts and the datalist path."""
+    """Filter and cache this shard's scans (those not done yet); returns counts, the datalist path and the rows
+    of the scans that failed in this run (unreadable or not a usable CT, as opposed to filtered out)."""
     from tqdm import tqdm
 
     if not 0 <= shard < num_shards:
@@ -119,7 +120,7 @@ def prepare_cache(
             done = {r["source"] for r in csv.DictReader(f)}
     todo = [s for s in mine if s not in done]
     print(f"shard {shard}/{num_shards}: {len(mine)} scan(s), {len(mine) - len(todo)} already done, {len(todo)} to do")
-    counts, reasons = Counter(), Counter()
+    counts, reasons, failed = Counter(), Counter(), []
     new = not manifest.exists()
     with open(manifest, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
@@ -140,12 +141,15 @@ def prepare_cache(
                 counts[row["status"]] += 1
                 if row["status"] != "ok":
                     reasons[_reason_kind(row)] += 1
+                if row["status"] == "failed":
+                    failed.append(row)
         finally:
             if pool is not None:
                 pool.close()
                 pool.join()
     datalist = write_cache_datalist(output_dir)
-    return {"counts": dict(counts), "dropped_by_reason": dict(reasons), "manifest": manifest, "datalist": datalist}
+    return {"counts": dict(counts), "dropped_by_reason": dict(reasons), "manifest": manifest, "datalist": datalist,
+            "failed": failed}
 
 
 def read_source_list(path: str | os.PathLike) -> list[str]:
@@ -156,7 +160,9 @@ def read_source_list(path: str | os.PathLike) -> list[str]:
         raise FileNotFoundError(f"{path}: list of scans not found")
     base = path.parent
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
+        from ctfm.validation import read_datalist
+
+        data = read_datalist(path)
         items = [d["image"] for v in data.values() if isinstance(v, list) for d in v if isinstance(d, dict) and "image" in d]
         return [str(p if Path(p).is_absolute() else base / p) for p in items]
     if path.suffix == ".csv":
