@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ignite.engine import Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver as MonaiCheckpointSaver
 from monai.transforms import Randomizable, Transform
@@ -133,8 +134,7 @@ def check_run_settings(output_dir: str | os.PathLike, settings: dict) -> None:
     except json.JSONDecodeError as err:
         raise ValueError(f"{record} is not valid JSON ({err}); it records the settings of the run in "
                          f"{output_dir}. Restore it, or give a new --output_dir.") from None
-    differ = {k: (before.get(k), v) for k, v in now.items() | before.items() - now.items()
-              if k in now and before.get(k) != v}
+    differ = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
     grown = {k for k, (old, new) in differ.items()
              if k in GROWING_SETTINGS and isinstance(old, int) and isinstance(new, int) and new > old}
     refused = {k: v for k, v in differ.items() if k not in grown}
@@ -196,8 +196,6 @@ class CheckpointSaver(MonaiCheckpointSaver):
     def attach(self, engine) -> None:
         super().attach(engine)
         if self._key_metric_checkpoint is not None:
-            from ignite.engine import Events
-
             engine.add_event_handler(Events.STARTED, self._remember_best)
 
     def _remember_best(self, engine) -> None:
