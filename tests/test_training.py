@@ -159,3 +159,20 @@ def test_best_metric_and_random_states_round_trip_through_a_checkpoint(tmp_path)
     assert (evaluator.state.best_metric, evaluator.state.best_metric_epoch) == (0.7, 3)
     again = (torch.rand(3), np.random.rand(), [t.R.rand() for t in states.transforms])
     assert torch.equal(draws[0], again[0]) and draws[1:] == again[1:]
+
+
+def test_a_resumed_run_keeps_n_saved_checkpoints_in_all(tmp_path):
+    from ctfm.training import CheckpointSaver
+
+    def run(max_epochs, resume_from=None):
+        weight = torch.nn.Parameter(torch.zeros(1))
+        trainer = Engine(lambda engine, batch: None)
+        state = {"model": torch.nn.ParameterList([weight]), "trainer": trainer}
+        CheckpointSaver(str(tmp_path), state, save_interval=1, n_saved=1, epoch_level=True).attach(trainer)
+        if resume_from:
+            CheckpointLoader(str(resume_from), state).attach(trainer)
+        trainer.run([0] * EPOCH_LENGTH, max_epochs=max_epochs)
+
+    run(2)
+    run(4, resume_checkpoint(tmp_path, True, 4))
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_epoch=4.pt"]

@@ -192,6 +192,11 @@ class CheckpointSaver(MonaiCheckpointSaver):
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler = AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
+        if self._interval_checkpoint is not None:  # a resumed run keeps n_saved in all, counting the earlier run's
+            prefix = self._interval_checkpoint.filename_prefix
+            name = re.compile(rf"{re.escape(prefix + '_' if prefix else '')}checkpoint_{self._interval_checkpoint.score_name}=(\d+)\.pt")
+            earlier = [(int(m.group(1)), p.name) for p in Path(self.save_dir).glob("*.pt") if (m := name.fullmatch(p.name))]
+            self._interval_checkpoint._saved = [Checkpoint.Item(n, name) for n, name in sorted(earlier)]
 
     def attach(self, engine) -> None:
         super().attach(engine)
