@@ -236,6 +236,9 @@ class RandomStates:
     are drawn from torch's) and the generator of every random transform in ``transforms`` (they draw in
     the main process when ``num_workers`` is 0). Saved at the end of an epoch and restored when a run
     resumes, the next epoch draws what it would have drawn in a run never stopped.
+
+    Under torchrun only rank 0 saves, so the states are restored in a single process only: a resumed
+    multi-process run keeps each rank's own seeding (``seed + rank``), as it would without this.
     """
 
     def __init__(self, transforms=None):
@@ -249,6 +252,9 @@ class RandomStates:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            logger.info("multi-process run: each rank keeps its own random generators (rank 0's were saved)")
+            return
         if len(state["transforms"]) != len(self.transforms):
             raise ValueError(f"the checkpoint holds the random states of {len(state['transforms'])} transforms, this "
                              f"run has {len(self.transforms)}: the training transforms changed since it was saved.")
