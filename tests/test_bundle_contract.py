@@ -19,7 +19,7 @@ BUNDLES = {name: REPO / "bundles" / name for name in ("ct_fm_pretrain", "ct_fm_s
 TRAIN_CONTRACT = {
     "ct_fm_weights": "",
     "resume": True,
-    "resume_from": "$ctfm.training.resume_checkpoint(@output_dir, @resume, @epochs)",
+    "resume_from": "$ctfm.training.resume_checkpoint(@output_dir, @resume, @epochs, @run_settings)",
     "main_process": True,
 }
 LOAD_CT_FM_WEIGHTS = "$ctfm.weights.load_ct_fm_weights(@network, @ct_fm_weights)"

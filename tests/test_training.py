@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from ctfm.training import newest_checkpoint, resume_checkpoint
+from ctfm.training import SETTINGS_FILE, newest_checkpoint, resume_checkpoint
 
 EPOCH_LENGTH = 3
 
@@ -89,3 +93,86 @@ def test_checkpoints_are_ordered_by_number_not_by_name(tmp_path):
         "checkpoint_epoch=10.pt", "checkpoint_epoch=9.pt", "checkpoint_epoch=2.pt"]
     assert newest_checkpoint(tmp_path) == tmp_path / "checkpoint_epoch=10.pt"
     assert newest_checkpoint(tmp_path / "absent") is None
+
+
+# --- Checkpoints written whole, the run's settings, the state an exact resume needs -------------------
+
+
+def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A write cut short (here: torch.save failing halfway) leaves the earlier checkpoint and no file
+    under the new name; a partial file left by a kill has a temporary name, which resume ignores."""
+    from ctfm.io import user_mode
+    from ctfm.training import CheckpointSaver
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    trainer = Engine(lambda engine, batch: None)
+    saver = CheckpointSaver(str(tmp_path), {"model": torch.nn.ParameterList([weight]), "trainer": trainer},
+                            save_interval=1, n_saved=2, epoch_level=True)
+    saver.attach(trainer)
+    trainer.run([0] * EPOCH_LENGTH, max_epochs=1)
+    assert (tmp_path / "checkpoint_epoch=1.pt").is_file()
+    assert (tmp_path / "checkpoint_epoch=1.pt").stat().st_mode & 0o777 == user_mode()  # the umask's, not owner-only
+
+    def cut_short(obj, f, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", cut_short)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.run([0] * EPOCH_LENGTH, max_epochs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt"]
+    (tmp_path / ".checkpoint_epoch=2.pt.abc.partial.pt").write_bytes(b"partial")  # what a kill leaves
+    assert resume_checkpoint(tmp_path, resume=True, max_epochs=3) == tmp_path / "checkpoint_epoch=1.pt"
+
+
+def test_run_settings_are_recorded_and_a_change_is_refused_but_epochs_may_grow(tmp_path):
+    settings = {"learning_rate": 1e-4, "epochs": 3, "patch_size": (24, 128, 128), "seed": 0}
+    assert resume_checkpoint(tmp_path, True, 3, settings) is None
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text())["patch_size"] == [24, 128, 128]
+    resume_checkpoint(tmp_path, True, 3, settings)  # the same settings: fine
+    with pytest.raises(ValueError, match=r"learning_rate: 0.0001 -> 0.0002; seed: 0 -> 1.*new --output_dir"):
+        resume_checkpoint(tmp_path, True, 3, {**settings, "learning_rate": 2e-4, "seed": 1})
+    with pytest.raises(ValueError, match="epochs: 3 -> 2"):
+        resume_checkpoint(tmp_path, True, 2, {**settings, "epochs": 2})
+    resume_checkpoint(tmp_path, True, 5, {**settings, "epochs": 5})  # trained further
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text())["epochs"] == 5
+
+
+def test_best_metric_and_random_states_round_trip_through_a_checkpoint(tmp_path):
+    """What the segmentation and triage bundles add to their full-state checkpoint."""
+    from monai.transforms import Compose, RandAffined, RandGaussianNoised
+    from ignite.engine import State
+
+    from ctfm.training import BestMetric, RandomStates
+
+    evaluator = Engine(lambda engine, batch: None)
+    evaluator.state = State(best_metric=0.7, best_metric_epoch=3)
+    transforms = Compose([RandAffined("image", prob=1.0, rotate_range=0.3), RandGaussianNoised("image", prob=1.0)])
+    states = RandomStates(transforms)
+    assert len(states.transforms) >= 4  # Compose, RandAffined, its RandAffine and grid, the noise
+    torch.save({"best": BestMetric(evaluator).state_dict(), "random": states.state_dict()}, tmp_path / "c.pt")
+    draws = (torch.rand(3), np.random.rand(), [t.R.rand() for t in states.transforms])
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = -1, -1
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    BestMetric(evaluator).load_state_dict(saved["best"])
+    states.load_state_dict(saved["random"])
+    assert (evaluator.state.best_metric, evaluator.state.best_metric_epoch) == (0.7, 3)
+    again = (torch.rand(3), np.random.rand(), [t.R.rand() for t in states.transforms])
+    assert torch.equal(draws[0], again[0]) and draws[1:] == again[1:]
+
+
+def test_a_resumed_run_keeps_n_saved_checkpoints_in_all(tmp_path):
+    from ctfm.training import CheckpointSaver
+
+    def run(max_epochs, resume_from=None):
+        weight = torch.nn.Parameter(torch.zeros(1))
+        trainer = Engine(lambda engine, batch: None)
+        state = {"model": torch.nn.ParameterList([weight]), "trainer": trainer}
+        CheckpointSaver(str(tmp_path), state, save_interval=1, n_saved=1, epoch_level=True).attach(trainer)
+        if resume_from:
+            CheckpointLoader(str(resume_from), state).attach(trainer)
+        trainer.run([0] * EPOCH_LENGTH, max_epochs=max_epochs)
+
+    run(2)
+    run(4, resume_checkpoint(tmp_path, True, 4))
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["checkpoint_epoch=4.pt"]

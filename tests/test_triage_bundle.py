@@ -33,6 +33,7 @@ TINY = {
     "window_layout": "channels",
 }
 EPOCHS = 12
+TRAINED_WITH = {"batch_size": 4, "learning_rate": 0.001, "cache_rate": 1.0}  # the shared run's settings
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,8 +74,7 @@ def trained(head_phantoms, tmp_path_factory) -> Path:
     """One short training run, shared: its output folder (model.pt, threshold.json, checkpoints)."""
     out = tmp_path_factory.mktemp("triage_train") / "run"
     run_bundle(BUNDLE, "train.json", {
-        "dataset_dir": str(head_phantoms), "output_dir": str(out), "epochs": EPOCHS, "batch_size": 4,
-        "learning_rate": 0.001, "cache_rate": 1.0, **TINY,
+        "dataset_dir": str(head_phantoms), "output_dir": str(out), "epochs": EPOCHS, **TRAINED_WITH, **TINY,
     })
     return out
 
@@ -176,7 +176,10 @@ def test_two_process_ddp_on_cpu(head_phantoms, tmp_path):
 @pytest.mark.slow
 def test_training_refuses_a_finished_run_and_continues_it_with_more_epochs(trained, head_phantoms, tmp_path):
     """The bundles' resume rule (ctfm.training.resume_checkpoint), through the CLI."""
-    common = {"dataset_dir": str(head_phantoms), "output_dir": str(trained), "batch_size": 8, **TINY}
+    # The run's own settings: others are refused (ctfm.training.check_run_settings), only epochs may grow.
+    common = {"dataset_dir": str(head_phantoms), "output_dir": str(trained), **TRAINED_WITH, **TINY}
+    other = run_bundle(BUNDLE, "train.json", {**common, "epochs": EPOCHS + 1, "batch_size": 8}, check=False)
+    assert other.returncode != 0 and "batch_size: 4 -> 8" in other.stdout + other.stderr
     before = (trained / "model.pt").stat().st_mtime_ns
     refused = run_bundle(BUNDLE, "train.json", {**common, "epochs": EPOCHS}, check=False)
     assert refused.returncode != 0 and "holds a finished run" in refused.stdout + refused.stderr

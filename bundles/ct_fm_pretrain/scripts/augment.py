@@ -70,7 +70,8 @@ class BatchedViewAugmentation(Randomizable):
         histogram_prob, num_control_points: as MONAI ``RandHistogramShift`` (paper: 5 points, p 0.5).
         smooth_prob, sigma: as MONAI ``RandGaussianSmooth`` with the same range on every axis (p 0.5,
             sigma 0.25..1.5, MONAI's default).
-        seed: of the random draws (give each DDP process its own).
+        seed: of the random draws (give each DDP process its own). The trainer reseeds it with
+            :meth:`for_iteration` before each batch, so a resumed run draws what a run never stopped would.
     """
 
     def __init__(self, histogram_prob: float = 0.5, num_control_points: int = 5, smooth_prob: float = 0.5,
@@ -79,7 +80,13 @@ class BatchedViewAugmentation(Randomizable):
             raise ValueError(f"num_control_points must be at least 3 (two ends and one moving point), got {num_control_points}")
         self.histogram_prob, self.num_control_points = float(histogram_prob), int(num_control_points)
         self.smooth_prob, self.sigma = float(smooth_prob), tuple(float(s) for s in sigma)
+        self.seed = int(seed)
         self.set_random_state(seed)
+
+    def for_iteration(self, iteration: int) -> BatchedViewAugmentation:
+        """The draws of training iteration ``iteration``: seeded by (seed, iteration) alone."""
+        self.set_random_state(state=np.random.RandomState([self.seed, int(iteration)]))
+        return self
 
     def floating_points(self, n: int) -> np.ndarray:
         """``(n, K)`` control points drawn as MONAI does: each inner point ~ U(previous, next reference)."""

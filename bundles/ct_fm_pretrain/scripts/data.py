@@ -3,6 +3,11 @@
 One dataset item is one scan: ``crops_per_scan`` patches drawn at random from it, each turned into
 two independently augmented views, as a tensor ``(M, 2, 1, *patch_size)``. A batch of
 ``scans_per_batch`` items is ``(S, M, 2, 1, *patch_size)``: the loss knows which patches share a scan.
+
+The data is an endless stream (:class:`SampleStream`): item ``p`` of it is a scan of the ``p // N``-th
+shuffle of the N scans, with crops and views drawn from a seed of ``(seed, p)``. What an iteration reads
+is a function of the seed and the iteration alone, so a run resumed at any checkpoint reads what a run
+never stopped would (whatever ``num_workers``, ``epoch_length`` or the dataset's length).
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from monai.data import Dataset, get_track_meta, set_track_meta
+from monai.data.utils import set_rnd
 from monai.transforms import Compose, Randomizable, Resize
 
 from ctfm.registry import AIR_HU, HU_MAX, HU_MIN
@@ -82,28 +89,64 @@ class ScanPatchPairs(Randomizable):
         return torch.stack(pairs).float()
 
 
-class SkipBadScansDataset(Dataset):
-    """A MONAI ``Dataset`` that never stops a run for one bad scan.
+class SampleStream(torch.utils.data.Sampler):
+    """The endless stream of item positions a pretraining run reads, from the iteration it resumes after.
 
-    A scan whose reading or sampling raises (corrupt, truncated, too small, constant, not CT...) is
-    recorded in ``skip_log`` (CSV: file, reason) and another scan, drawn at random, takes its place.
-    A run stops only when ``max_consecutive_failures`` scans in a row fail (then the data is wrong).
+    Iteration ``i`` of process ``rank`` (of ``world_size``, from ``torch.distributed`` when it is set up)
+    reads positions ``(i * world_size + rank) * batch_size`` onwards, ``batch_size`` of them;
+    :class:`SkipBadScansDataset` turns each into a scan and the seed of its crops and views.
+    """
+
+    def __init__(self, batch_size: int, start_iteration: int = 0, rank: int | None = None, world_size: int | None = None):
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank = (dist.get_rank() if distributed else 0) if rank is None else int(rank)
+        self.world_size = (dist.get_world_size() if distributed else 1) if world_size is None else int(world_size)
+        self.batch_size, self.start_iteration = int(batch_size), int(start_iteration)
+
+    def __iter__(self):
+        iteration = self.start_iteration
+        while True:
+            first = (iteration * self.world_size + self.rank) * self.batch_size
+            yield from range(first, first + self.batch_size)
+            iteration += 1
+
+
+class SkipBadScansDataset(Dataset):
+    """A MONAI ``Dataset`` of stream positions (:class:`SampleStream`) that never stops a run for one bad scan.
+
+    Position ``p`` is scan ``p % N`` of the ``p // N``-th shuffle of the N scans (each shuffle seeded by
+    ``(seed, p // N)``), its random draws seeded by ``(seed, p)``. A scan whose reading or sampling raises
+    (corrupt, truncated, too small, constant, not CT...) is recorded in ``skip_log`` (CSV: file, reason)
+    and another scan, drawn from the same seed, takes its place. A run stops only when
+    ``max_consecutive_failures`` scans in a row fail (then the data is wrong).
     """
 
     def __init__(self, data, transform, skip_log: str | os.PathLike, max_consecutive_failures: int = 50, seed: int = 0):
         super().__init__(data=data, transform=transform)
         self.skip_log = Path(skip_log)
         self.max_consecutive_failures = max_consecutive_failures
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(seed)
         self._logged: set[str] = set()
+        self._shuffle: tuple[int, np.ndarray] | None = None
 
-    def _transform(self, index: int):
+    def scan_index(self, position: int) -> int:
+        """The scan at stream ``position``: every pass over the datalist is a fresh shuffle of it."""
+        n = len(self.data)
+        shuffle = position // n
+        if self._shuffle is None or self._shuffle[0] != shuffle:
+            self._shuffle = (shuffle, np.random.default_rng([self.seed, shuffle]).permutation(n))
+        return int(self._shuffle[1][position % n])
+
+    def _transform(self, position: int):
+        index = self.scan_index(position)
+        rng = np.random.default_rng([self.seed, position, 1])  # 1: the crops' stream, apart from the shuffles'
         for _ in range(self.max_consecutive_failures):
+            set_rnd(self.transform, int(rng.integers(2**31)))
             try:
                 return super()._transform(index)
             except Exception as err:  # noqa: BLE001 - any failure of one scan must not stop the run
                 self._record(self.data[index], err)
-                index = int(self.rng.integers(len(self.data)))
+                index = int(rng.integers(len(self.data)))
         raise RuntimeError(
             f"{self.max_consecutive_failures} scans in a row could not be used; see {self.skip_log} for the files "
             "and reasons. Check dataset_dir and datalist (or rebuild the cache with ctfm prepare-pretraining)."

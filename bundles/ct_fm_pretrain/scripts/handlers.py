@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.handlers import CheckpointLoader
 
+from ctfm.training import CheckpointSaver
 from ctfm.weights import save_pretrained
 
 logger = logging.getLogger("ct_fm_pretrain")
@@ -33,9 +34,13 @@ def _is_main_process() -> bool:
 class TrainingCheckpoints:
     """Save the full training state every ``interval`` iterations, export the encoder each time, resume.
 
-    - Saved (MONAI ``CheckpointSaver``): network (without DDP wrapper), optimizer, lr_scheduler,
-      trainer (epoch, iteration) and the AMP grad scaler when AMP is on. Files
-      ``checkpoint_iteration=N.pt``, the last ``n_saved`` kept, plus ``checkpoint_final_iteration=N.pt``.
+    - Saved (:class:`ctfm.training.CheckpointSaver`, written to a temporary name and renamed): network
+      (without DDP wrapper), optimizer, lr_scheduler, trainer (epoch, iteration) and the AMP grad scaler
+      when AMP is on. Files ``checkpoint_iteration=N.pt``, the last ``n_saved`` kept, plus
+      ``checkpoint_final_iteration=N.pt``.
+    - When: after all the work of iteration N. On the last iteration of an epoch that includes the
+      epoch's end (``EPOCH_COMPLETED``: the learning-rate step of ``LrScheduleHandler``, which the bundle
+      lists before this handler), so a resumed run starts the next epoch with the next epoch's rate.
     - Exported (:func:`ctfm.weights.save_pretrained`): the encoder of each checkpoint, in the released
       CT-FM layout, as ``export_dir/iteration_NNNNNNNN/``, loadable by the rest of the project.
     - ``resume_from``: the checkpoint to continue from, or ``None`` for a new run. The bundle sets it with
@@ -70,12 +75,27 @@ class TrainingCheckpoints:
             device = getattr(engine.state, "device", None)
             CheckpointLoader(str(self.resume_from), state, map_location=device).attach(engine)
             engine.add_event_handler(Events.STARTED, self._log_resumed)
-        CheckpointSaver(
-            str(self.ckpt_dir), state, epoch_level=False, save_interval=self.interval, n_saved=self.n_saved, save_final=True
-        ).attach(engine)
-        # Registered after the saver: an export exists only for a checkpoint that was written.
-        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self.export)
+        self.saver = CheckpointSaver(
+            str(self.ckpt_dir), state, name=logger.name, epoch_level=False, save_interval=self.interval,
+            n_saved=self.n_saved, save_final=True,
+        )
+        engine.add_event_handler(Events.COMPLETED, self.saver.completed)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.saver.exception_raised)
+        # Iteration N's state is whole after its ITERATION_COMPLETED, or, at an epoch's end, its EPOCH_COMPLETED.
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=self._due_within_epoch), self.save)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due_at_epoch_end), self.save)
+        # After the saver: an export exists only for a checkpoint that was written.
         engine.add_event_handler(Events.COMPLETED, self.export)
+
+    def _due_within_epoch(self, engine: Engine, iteration: int) -> bool:
+        return iteration % self.interval == 0 and iteration % engine.state.epoch_length != 0
+
+    def _due_at_epoch_end(self, engine: Engine, epoch: int) -> bool:
+        return engine.state.iteration % self.interval == 0
+
+    def save(self, engine: Engine) -> None:
+        self.saver.interval_completed(engine)
+        self.export(engine)
 
     def _log_resumed(self, engine: Engine) -> None:
         logger.info(

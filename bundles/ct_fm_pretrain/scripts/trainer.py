@@ -42,7 +42,7 @@ class ContrastiveTrainer(SupervisedTrainer):
     def _iteration(self, engine: ContrastiveTrainer, batchdata: torch.Tensor) -> dict:
         views = batchdata.to(engine.state.device, non_blocking=engine.non_blocking)
         if engine.device_augmentation is not None:
-            views = engine.device_augmentation(views)
+            views = engine.device_augmentation.for_iteration(engine.state.iteration)(views)
         scans, crops = views.shape[:2]
         parts = views.split(engine.scans_per_forward or scans)
         engine.network.train()
