@@ -4,9 +4,8 @@ its last lines name the file and the problem (docs/input_checks.md).
 Entry points: ``ctfm embed``, ``ctfm search`` and ``ctfm prepare-pretraining`` (in-process, as
 test_input_checks.py runs ``embed``: a subprocess per case costs ~8 s of CPU), and the bundles through
 ``python -m monai.bundle run``: segmentation inference and training, triage inference. The volume kinds
-all go through the one loader (``ctfm.validation.LoadCTd``), so to stay fast each bundle inference runs
-a share of them, together every kind once; segmentation training runs the datalist kinds, a label out
-of the class map and non-CT-FM weights (its images go through the same loader as inference). A bundle's
+go through each bundle inference and, as the image of a training datalist, through segmentation training;
+segmentation training also runs the datalist kinds, a label out of the class map and non-CT-FM weights. A bundle's
 message may span lines (the weights diagnosis): its last lines are what follows "The run failed; the
 full traceback is in <log>".
 """
@@ -33,10 +32,9 @@ pytestmark = pytest.mark.slow
 VOLUME_KINDS = ["nan_block", "all_nan", "inf", "mr_float", "two_d", "four_d", "truncated", "empty_folder",
                 "folder_without_images"]
 FOLDER_PROBLEM = r"no DICOM file|without a DICOM file"
-# Each volume kind through one of the two bundle inferences (the same loader in both).
-SEGMENTATION_INFERENCE = ["nan_block", "inf", "mr_float", "four_d", "folder_without_images"]
-TRIAGE_INFERENCE = ["all_nan", "two_d", "truncated", "empty_folder"]
-TRAINING_KINDS = ["bad_datalist_json", "missing_datalist_paths", "label_out_of_range", "non_ct_fm_weights"]
+SEGMENTATION_INFERENCE = TRIAGE_INFERENCE = VOLUME_KINDS
+TRAINING_KINDS = [*VOLUME_KINDS, "bad_datalist_json", "missing_datalist_paths", "label_out_of_range",
+                  "non_ct_fm_weights"]
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +61,10 @@ def cases(bad, tmp_path_factory) -> dict[str, tuple[str, str]]:
         return str(root / name)
 
     other = save_pretrained(build_encoder(init_filters=8), root / "not_ct_fm")
+    volumes = {**bad, "empty_folder": (str(root / "empty"), r"an empty folder|it is empty"),
+               "folder_without_images": (str(root / "no_images"), FOLDER_PROBLEM)}
     return {
-        **bad,
-        "empty_folder": (str(root / "empty"), r"an empty folder|it is empty"),
-        "folder_without_images": (str(root / "no_images"), FOLDER_PROBLEM),
+        **volumes,
         "bad_datalist_json": (str(root / "bad.json"), r"not valid JSON at line 2, column 2"),
         "missing_datalist_paths": (str(root / "missing.json"), r"do not exist: training\[0\] image 'images/ct.nii.gz'"),
         "label_out_of_range": (label_200, r"outside the class map .*: 200"),
@@ -77,6 +75,8 @@ def cases(bad, tmp_path_factory) -> dict[str, tuple[str, str]]:
         "training_datalist": {
             "label_out_of_range": datalist("label_200.json", {"image": image, "label": label_200}),
             "non_ct_fm_weights": datalist("good.json", {"image": image, "label": label}),
+            # a bad image in a training datalist, beside a good label
+            **{kind: datalist(f"{kind}.json", {"image": volumes[kind][0], "label": label}) for kind in VOLUME_KINDS},
         },
     }
 
