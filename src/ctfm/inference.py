@@ -140,9 +140,10 @@ def stitch_labels(image: torch.Tensor, predictor, roi_size, sw_batch_size: int, 
     sums, labels, written = None, None, 0  # rows before `written` are in the label map
 
     def write_rows(upto: int) -> None:
-        for ring, rows in _ring_rows(written, upto, depth):
-            labels[rows] = (sums[:, ring] / counts[:, ring]).argmax(0).to(labels.dtype)
-            sums[:, ring], counts[:, ring] = 0, 0
+        for row in range(written, upto):  # one row at a time: the quotient of all classes is a temporary
+            at = row % depth
+            labels[row] = (sums[:, at] / counts[:, at]).argmax(0).to(labels.dtype)
+            sums[:, at], counts[:, at] = 0, 0
 
     for first in range(0, len(slices), sw_batch_size):
         batch = slices[first : first + sw_batch_size]
