@@ -96,6 +96,11 @@ def window_slices(image_size, roi_size, overlap) -> list[tuple[slice, ...]]:
     return dense_patch_slices(size, roi, _get_scan_interval(size, roi, len(roi), ensure_tuple_rep(overlap, len(roi))))
 
 
+# Rows of a window weighted and added at a time: a bf16 output is weighted in an fp32 temporary of its size
+# (MONAI's in-place product makes two, 4.6 GB for a 2 x 118 x 96 x 160 x 160 batch).
+CHUNK_ROWS = 8
+
+
 def _channels_last_only(tensor: torch.Tensor) -> bool:
     return tensor.ndim == 5 and tensor.is_contiguous(memory_format=torch.channels_last_3d) and not tensor.is_contiguous()
 
@@ -120,8 +125,9 @@ def stitch_labels(image: torch.Tensor, predictor, roi_size, sw_batch_size: int, 
     ``1 x C x *spatial``), computed without holding the class scores of the whole volume.
 
     The same windows (:func:`window_slices`), in the same batches of ``sw_batch_size``, weighted by the same
-    ``importance_map`` with the same operations: each output is multiplied in place by the map (in the
-    network's dtype, as MONAI does), then added in window order to fp32 sums; the weights add up the same way
+    ``importance_map`` with the same rounding: each output is multiplied by the map and rounded to the
+    network's dtype (MONAI multiplies in place; here a few rows at a time, which changes no element), then
+    added in window order to fp32 sums; the weights add up the same way
     into a count. So each voxel's weighted mean is bit for bit MONAI's. The sums and counts are kept for a
     slab of rows along the first spatial axis one window deep (a ring buffer): MONAI's windows come in order
     of their start along that axis, so when a window starts further on, no later window reaches the rows
@@ -156,7 +162,6 @@ def stitch_labels(image: torch.Tensor, predictor, roi_size, sw_batch_size: int, 
         if not isinstance(out, torch.Tensor) or tuple(out.shape[2:]) != tuple(roi):
             raise ValueError("stitch='labels' needs a network that returns one tensor of class scores at the window's "
                              f"size {tuple(roi)}; use stitch='logits' for other outputs.")
-        out *= weights  # in place, in the network's dtype: MONAI's rounding
         if sums is None:  # in the output's memory order (channels-last windows: channels innermost), so adding is fast
             layout = torch.channels_last_3d if _channels_last_only(out) else torch.contiguous_format
             sums = torch.empty(1, out.shape[1], depth, *size[1:], dtype=dtype, device=image.device,
@@ -167,10 +172,15 @@ def stitch_labels(image: torch.Tensor, predictor, roi_size, sw_batch_size: int, 
             if start > written:  # no later window reaches the rows before this one's start
                 write_rows(start)
                 written = start
-            for ring, rows in _ring_rows(start, window[0].stop, depth):
-                part = slice(rows.start - start, rows.stop - start)
-                sums[(slice(None), ring, *window[1:])] += scores[:, part]
-                counts[(slice(None), ring, *window[1:])] += weights[0, :, part]
+            for chunk in range(start, window[0].stop, CHUNK_ROWS):
+                for ring, rows in _ring_rows(chunk, min(chunk + CHUNK_ROWS, window[0].stop), depth):
+                    part = slice(rows.start - start, rows.stop - start)
+                    weighted = scores[:, part].float()  # a copy of a bf16 output; an fp32 one itself
+                    weighted *= weights[0, :, part]
+                    # MONAI multiplies in place, in the network's dtype: the same rounding, 3x faster than bf16 *= fp32
+                    sums[(slice(None), ring, *window[1:])] += weighted.to(scores.dtype)
+                    counts[(slice(None), ring, *window[1:])] += weights[0, :, part]
+        del out, scores  # before the next batch's output exists
     write_rows(size[0])
     if any(pad):  # back to the image's own size, as MONAI crops
         labels = labels[tuple(slice(pad[2 * i], pad[2 * i] + n) for i, n in enumerate(reversed(spatial)))[::-1]]
