@@ -102,7 +102,8 @@ CHUNK_ROWS = 8
 
 
 def _channels_last_only(tensor: torch.Tensor) -> bool:
-    return tensor.ndim == 5 and tensor.is_contiguous(memory_format=torch.channels_last_3d) and not tensor.is_contiguous()
+    channels_last = tensor.ndim == 5 and tensor.is_contiguous(memory_format=torch.channels_last_3d)
+    return channels_last and not tensor.is_contiguous()
 
 
 def _ring_rows(start: int, stop: int, depth: int) -> list[tuple[slice, slice]]:
