@@ -80,6 +80,7 @@ class MCDropoutScoring(ScoringMethod):
             config.read_config(self.bundle / "configs" / "inference.json")
             config["bundle_root"] = str(self.bundle)
             config["network_def"]["dropout"] = self.dropout
+            config["stitch"] = "logits"  # the inferer stitches the entropy map, not labels
             network = load_network_weights(config.get_parsed_content("network_def"), self.model_file).to(device)
             preprocessing = config.get_parsed_content("preprocessing")
             inferer = config.get_parsed_content("inferer")

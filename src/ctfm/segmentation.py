@@ -1,7 +1,8 @@
 """``ctfm segment``: whole-body segmentation of CT scans with the segmentation bundle's own components.
 
-The network, the preprocessing, the sliding-window inferer and the label-map postprocessing (argmax, then
-back through the preprocessing onto the input's grid) are read from the segmentation bundle's
+The network, the preprocessing, the sliding-window inferer (it streams the label map, or stitches every
+class score for ``probabilities``: the bundle's ``stitch``) and the label-map postprocessing (the argmax of
+the scores, then back through the preprocessing onto the input's grid) are read from the bundle's
 ``configs/inference.json`` through ``monai.bundle.ConfigParser``: the command and the bundle run the same
 code with the same settings, and a bundle override (``overrides={"spacing": [3, 3, 3]}``) changes both
 the same way. Only what is written differs: here, a chosen subset of structures, per-structure masks,
@@ -35,7 +36,7 @@ import torch
 from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import Invertd, Orientation, SaveImaged
 
-from ctfm.inference import WriteLabelNamesd, label_names_sidecar
+from ctfm.inference import WriteLabelNamesd, label_names_sidecar, window_slices
 from ctfm.io import atomic_path, list_inputs, scan_id, write_text_atomic
 from ctfm.registry import ORIENTATION, label_groups
 from ctfm.validation import check_same_grid, load_volume
@@ -106,15 +107,7 @@ class ReportWindowBatches:
 
 def window_batches(image_shape: Sequence[int], inferer) -> int:
     """How many batches of windows the sliding-window ``inferer`` runs over an image of ``image_shape``."""
-    from monai.data.utils import dense_patch_slices
-
-    from monai.utils import ensure_tuple_rep
-
-    roi = inferer.roi_size
-    size = [max(r, s) for r, s in zip(roi, image_shape)]  # MONAI pads an image smaller than a window
-    overlap = ensure_tuple_rep(inferer.overlap, len(roi))
-    interval = [r if r == s else max(int(r * (1 - o)), 1) for r, s, o in zip(roi, size, overlap)]  # as MONAI's
-    windows = len(dense_patch_slices(size, roi, interval))
+    windows = len(window_slices(image_shape, inferer.roi_size, inferer.overlap))
     return -(-windows // inferer.sw_batch_size)
 
 
@@ -299,6 +292,8 @@ def segment(
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"--output-type must be one of {', '.join(OUTPUT_TYPES)}, not {output_type!r}.")
     device = resolve_device(device)
+    if probabilities:  # they need every class score: MONAI's full stitching (the bundle's postprocessing follows)
+        overrides = {**dict(overrides or {}), "stitch": "logits"}
     parser = inference_parser(segmentation_bundle(bundles_dir), device, overrides)
     label_names = {int(k): v for k, v in parser.get_parsed_content("label_names").items()}
     chosen = choose_structures(label_names, structures, groups)
@@ -333,10 +328,11 @@ def segment(
         say(f"[{n}/{len(items)}] {item['image']}: segmenting on {device}", flush=True)
         data = preprocessing(dict(item))
         batches = ReportWindowBatches(network, window_batches(data["image"].shape[1:], inferer), say)
-        with torch.no_grad():
-            logits = inferer(data["image"][None].to(device), batches)[0].float().cpu()
-        data["pred"] = MetaTensor(logits, meta=data["image"].meta)
+        with torch.no_grad():  # the label map, or with probabilities every class score (the bundle's `stitch`)
+            pred = inferer(data["image"][None].to(device), batches)[0].cpu()
+        data["pred"] = MetaTensor(pred, meta=data["image"].meta)
         if probabilities:
+            logits = pred.float()
             # softmax of the chosen channels only: no second 118-channel volume in memory
             wanted = torch.exp(logits[list(chosen)] - torch.logsumexp(logits, 0, keepdim=True))
             data["prob"] = MetaTensor(torch.round(wanted * PROBABILITY_SCALE), meta=data["image"].meta)
