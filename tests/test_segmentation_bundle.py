@@ -410,6 +410,9 @@ def test_few_shot_shrinks_the_validation_set_by_the_training_share(tmp_path):
     listing = {name: [{"image": f"{name}_{i:02d}.nii.gz", "label": f"{name}_{i:02d}_seg.nii.gz"} for i in range(n)]
                for name, n in (("training", 20), ("validation", 10))}
     (tmp_path / "datalist.json").write_text(json.dumps(listing))
+    for entry in listing["training"] + listing["validation"]:  # the datalist's paths are checked before use
+        for path in entry.values():
+            (tmp_path / path).touch()
 
     def validation_cases(num_train, config="train.json"):
         files = [BUNDLE / "configs" / "train.json"] + ([BUNDLE / "configs" / config] if config != "train.json" else [])
