@@ -48,6 +48,11 @@ TRAIN_PATCH = (48, 64, 64)
 BASELINE = {"precision": "fp32", "overlap": 0.625, "sw_batch_size": 1, "channels_last": False, "stitch": "logits"}
 
 
+def finite_or_none(value: float, digits: int = 4) -> float | None:
+    """``value`` rounded, or None where it is NaN (JSON has no NaN)."""
+    return None if np.isnan(value) else round(float(value), digits)
+
+
 def bundle_defaults() -> dict:
     """The tuned settings: the bundle's inference.json defaults (one home for them)."""
     config = json.loads((BUNDLE / "configs" / "inference.json").read_text())
@@ -248,9 +253,9 @@ def compare(device: str = "cpu", smoke: bool = False, weights: str | None = None
             "tuned_seconds_per_volume": round(fast["seconds"], 2),
             "tuned_windows": fast["windows"],
             "tuned_gflops_per_s": round(gflop * fast["windows"] / fast["seconds"], 1),
-            "label_agreement_mean_structure_dice": round(macro_mean(agreement[None, labelled - 1]), 4),
-            "label_agreement_per_labelled_structure": {k: None if np.isnan(v) else round(v, 4)
-                                                       for k, v in agreement_labelled.items()},
+            # None: neither map holds a labelled structure (an undertrained network, such as the smoke test's)
+            "label_agreement_mean_structure_dice": finite_or_none(macro_mean(agreement[None, labelled - 1])),
+            "label_agreement_per_labelled_structure": {k: finite_or_none(v) for k, v in agreement_labelled.items()},
             "label_agreement_mean_structure_dice_any_structure_either_map": round(macro_mean(agreement[None]), 4),
             "structures_in_either_map": int(np.sum(~np.isnan(agreement))),
             "matmul_peak_gflops_fp32": round(dtype_peak["fp32"], 1),

@@ -35,7 +35,11 @@ def test_segmentation_inference_benchmark_smoke():
     run_benchmark("bench_segmentation_inference", "--smoke", "--train-steps", "2")
     result = json.loads((RESULTS / "segmentation_inference_smoke.json").read_text())
     figures = result["figures"]
-    assert result["ratio"]["speedup"] > 0 and 0 <= figures["label_agreement_mean_structure_dice"] <= 1
+    assert result["ratio"]["speedup"] > 0
+    # after two steps the maps may hold none of the ten trained structures: then that mean is None, never NaN
+    labelled = figures["label_agreement_mean_structure_dice"]
+    assert labelled is None or 0 <= labelled <= 1
+    assert 0 <= figures["label_agreement_mean_structure_dice_any_structure_either_map"] <= 1
     assert figures["tuned_windows"] > 0 and result["baseline"]["windows"] > 0
     assert figures["weights"].endswith(f"{run}/model.pt")
     assert not (RESULTS / run / "checkpoint.pt").exists()  # a finished run
