@@ -52,3 +52,35 @@ def test_pooled_embeddings_share_the_grid_and_find_their_own_window(encoder, sma
         assert cosine_similarity(slow[i], slow).argmax() == i
     with pytest.raises(ValueError, match="multiples of 16"):
         pooled_window_embeddings(encoder, image, (24, 16, 16), stride, progress=False)
+
+
+@pytest.mark.parametrize("offset, level", [((8, 0, 0), 3), ((4, 0, 0), 2), ((12, 0, 0), 2)])
+def test_a_shifted_map_continues_the_unshifted_pass_and_equals_a_pass_of_its_own_away_from_the_ends(offset, level):
+    # One long axis (544 voxels), so cells lie farther from both ends than the encoder's reach (~230 voxels): there
+    # the map continued from the unshifted pass's stride-4 or stride-8 level must equal a whole pass over the
+    # shifted copy. A wrong cut (cells, level, axis) moves every cell and fails here.
+    import torch
+
+    from ctfm.analysis.patch_embeddings import encoder_maps_done, feature_map, shared_level, shifted_feature_map
+    from ctfm.networks import build_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder().eval()
+    image = torch.rand(1, 544, 16, 16)
+    maps = {}
+    continued = shifted_feature_map(encoder, image, offset, maps=maps)
+    own = feature_map(encoder, image[:, offset[0]:])
+    assert shared_level(offset) == level and continued.shape == own.shape
+    middle = slice(15, 19)  # cells 15..18: 240..304 voxels, more than 230 from either end
+    assert torch.allclose(continued[:, middle], own[:, middle], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(continued[:, :1], own[:, :1], atol=1e-4)  # at the start they see different things
+    assert encoder_maps_done(maps) == 2  # the unshifted pass and this map; the kept levels are not counted
+    assert shifted_feature_map(encoder, image, offset, maps=maps) is continued  # made once
+
+
+def test_only_whole_cells_of_the_kept_levels_share_the_unshifted_pass():
+    from ctfm.analysis.patch_embeddings import shared_level
+
+    assert shared_level((0, 0, 0)) is None  # the unshifted pass itself
+    assert shared_level((2, 0, 0)) is None and shared_level((8, 2, 0)) is None  # stride 2: a pass of its own
+    assert shared_level((8, 8, 0)) == 3 and shared_level((4, 8, 0)) == 2

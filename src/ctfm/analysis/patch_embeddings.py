@@ -8,10 +8,12 @@ The one place tools and bundles get patch embeddings. Two ways, on the same wind
 - :func:`pooled_window_embeddings` (fast): the encoder runs once over the whole volume (the
   ``SegResEncoder`` is fully convolutional; its last stage has stride 16) and each window's
   embedding is the average of the last-stage map over the window's cells (``avg_pool3d``). Windows
-  are then multiples of 16 voxels; a stride finer than 16 costs ``16 / stride`` passes per axis, on
-  copies shifted by the stride. The map sees the whole scan, so its values differ a little from a
-  crop's own embedding (context beyond the window); the best matches agree (tests and
-  ``benchmarks/bench_search.py``).
+  are then multiples of 16 voxels; a stride finer than 16 needs ``16 / stride`` maps per axis, of
+  copies shifted by the stride. A shift of 4 or 8 voxels moves the encoder's stride-4 or stride-8
+  stage by whole cells, so those maps continue the unshifted pass from that stage (its last one or
+  two levels, about a tenth of a pass) instead of running the whole encoder again. The map sees the
+  whole scan, so its values differ a little from a crop's own embedding (context beyond the window);
+  the best matches agree (tests and ``benchmarks/bench_search.py``).
 
 Volumes are preprocessed ``(1, S, P, L)`` tensors (:func:`ctfm.transforms.ct_fm_transforms`), padded
 with air (0 after HU scaling) at the end of each axis so the windows cover every voxel.
@@ -103,6 +105,39 @@ def window_embeddings(
     return torch.cat(out).numpy(), starts
 
 
+SHARED_LEVELS = (2, 3)  # encoder levels (strides 4 and 8) that the unshifted pass keeps for the shifted maps
+
+
+def _encoder_input(image, device, precision) -> tuple[torch.Tensor, bool]:
+    """``(1, 1, *shape)`` on ``device``, each axis padded with air to a multiple of 16, and whether bf16 autocast is on."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    image = as_volume(image)
+    shape = [int(np.ceil(n / STAGE_STRIDE)) * STAGE_STRIDE for n in image.shape[1:]]
+    x = pad_to(image, shape)[None].to(device)
+    bf16 = precision == "bf16" and bf16_supported(x.device)
+    # .to(), not .contiguous(): a one-channel volume already counts as channels-last contiguous
+    return (x.to(memory_format=torch.channels_last_3d) if bf16 else x), bf16
+
+
+def _run_levels(encoder, x: torch.Tensor, bf16: bool, after: int | None = None, keep=()) -> tuple[torch.Tensor, dict]:
+    """``SegResEncoder``'s forward from the image (``after`` None) or from level ``after``'s output ``x``: the last
+    stage as ``(512, ...)`` fp32 on the CPU, and the outputs of the levels in ``keep``, as they came."""
+    kept = {}
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        if after is None:
+            x, first = encoder.conv_init(x), 0
+        else:
+            x, first = encoder.layers[after]["downsample"](x), after + 1
+        for level in range(first, len(encoder.layers)):
+            x = encoder.layers[level]["blocks"](x)
+            if level in keep:
+                kept[level] = x
+            if level < len(encoder.layers) - 1:
+                x = encoder.layers[level]["downsample"](x)
+    return x[0].float().contiguous().cpu(), kept
+
+
 @torch.no_grad()
 def feature_map(model: nn.Module, image, device: str | torch.device = "cpu", precision: str = "fp32") -> torch.Tensor:
     """The last encoder stage over the whole volume in one pass: ``(512, ceil(S/16), ceil(P/16), ceil(L/16))``.
@@ -110,34 +145,63 @@ def feature_map(model: nn.Module, image, device: str | torch.device = "cpu", pre
     ``precision="bf16"`` runs the encoder in bfloat16 autocast on channels-last input where the device
     does bf16 natively (on this project's CPU ~2.8x faster than fp32; the best matches agree, tests); fp32 otherwise.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    encoder = find_encoder(model).to(device).eval()
-    image = as_volume(image)
-    shape = [int(np.ceil(n / STAGE_STRIDE)) * STAGE_STRIDE for n in image.shape[1:]]
-    x = pad_to(image, shape)[None].to(device)
-    if precision == "bf16" and bf16_supported(x.device):
-        # .to(), not .contiguous(): a one-channel volume already counts as channels-last contiguous
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-            return encoder(x.to(memory_format=torch.channels_last_3d))[-1][0].float().contiguous().cpu()
-    return encoder(x)[-1][0].cpu()
+    x, bf16 = _encoder_input(image, device, precision)
+    return _run_levels(find_encoder(model).to(device).eval(), x, bf16)[0]
 
 
+def shared_level(offset: Sequence[int]) -> int | None:
+    """The deepest of :data:`SHARED_LEVELS` whose cells (``2 ** level`` voxels) ``offset`` moves by whole cells on every
+    axis, or None (the unshifted pass itself, or an offset that needs a pass of its own)."""
+    if not any(offset):
+        return None
+    fits = [level for level in SHARED_LEVELS if all(o % 2**level == 0 for o in offset)]
+    return max(fits) if fits else None
+
+
+@torch.no_grad()
 def shifted_feature_map(model, image, offset, device="cpu", precision="fp32", maps: dict | None = None) -> torch.Tensor:
-    """:func:`feature_map` of ``image`` from voxel ``offset`` on, kept in ``maps`` (when given): each pass runs once.
+    """:func:`feature_map` of ``image`` from voxel ``offset`` on, kept in ``maps`` (when given): each map is made once.
 
     The key is the offset, the padded shape and the precision: that is the encoder's whole input, so a query box
-    and a window grid over the same volume share their passes.
+    and a window grid over the same volume share their maps. An offset of whole stride-4 or stride-8 cells continues
+    the unshifted pass (made first, and kept in ``maps`` with its :data:`SHARED_LEVELS`) from that level on, its
+    output moved by the offset: the same arithmetic as a pass over the shifted copy, except within reach of the
+    scan's start (where the copy sees its own zero padding and this map sees the voxels before the offset).
     """
-    shifted = as_volume(image)[:, offset[0]:, offset[1]:, offset[2]:]
+    image = as_volume(image)
+    shifted = image[:, offset[0]:, offset[1]:, offset[2]:]
     cells = tuple(int(np.ceil(n / STAGE_STRIDE)) for n in shifted.shape[1:])
     key = (tuple(int(o) for o in offset), cells, precision)
     if maps is not None and key in maps:
         return maps[key]
-    fmap = feature_map(model, shifted, device=device, precision=precision)
-    if maps is not None:
-        maps[key] = fmap
+    maps = {} if maps is None else maps
+    encoder = find_encoder(model).to(device).eval()
+    level = shared_level(offset)
+    if level is None:
+        x, bf16 = _encoder_input(shifted, device, precision)
+        fmap, kept = _run_levels(encoder, x, bf16, keep=SHARED_LEVELS if not any(offset) else ())
+        for at, value in kept.items():  # the unshifted pass: what the shifted maps continue from
+            maps[_level_key(at, cells, precision)] = value
+    else:
+        trunk_key = _level_key(level, tuple(int(np.ceil(n / STAGE_STRIDE)) for n in image.shape[1:]), precision)
+        if trunk_key not in maps:
+            shifted_feature_map(model, image, (0, 0, 0), device=device, precision=precision, maps=maps)
+        cut = [o // 2**level for o in offset]
+        trunk = maps[trunk_key][:, :, cut[0]:, cut[1]:, cut[2]:]
+        bf16 = precision == "bf16" and bf16_supported(trunk.device)  # as the unshifted pass ran
+        fmap = _run_levels(encoder, trunk, bf16, after=level)[0]
+        fmap = fmap[:, : cells[0], : cells[1], : cells[2]]  # the shifted copy's own extent
+    maps[key] = fmap
     return fmap
+
+
+def _level_key(level: int, cells: tuple, precision: str) -> tuple:
+    return ("level", level, cells, precision)
+
+
+def encoder_maps_done(maps: dict) -> int:
+    """How many last-stage maps (encoder passes, or shifted maps continued from one) ``maps`` holds."""
+    return sum(1 for key in list(maps) if key[0] != "level")  # list(): a background pass may add one meanwhile
 
 
 def check_fast_grid(window: Sequence[int], stride: Sequence[int]) -> None:
@@ -170,8 +234,9 @@ def pooled_window_embeddings(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Window embeddings pooled from whole-volume feature maps: same grid and order as :func:`window_embeddings`.
 
-    Passes: one per combination of sub-cell offsets, ``prod(16 // s for s < 16)``; a stride of 16 or
-    more takes one pass. ``maps`` keeps the passes for the next call (:func:`shifted_feature_map`).
+    Maps: one per combination of sub-cell offsets, ``prod(16 // s for s < 16)``; a stride of 16 or more takes one.
+    Offsets of 4 or 8 voxels continue the unshifted pass (:func:`shifted_feature_map`); strides of 1 or 2 take a
+    whole pass per offset. ``maps`` keeps them for the next call.
     """
     check_fast_grid(window, stride)
     image = as_volume(image)
@@ -181,6 +246,7 @@ def pooled_window_embeddings(
     cell_stride = [max(1, s // STAGE_STRIDE) for s in stride]
     offsets = pass_offsets(stride)
     counts = grid_shape(shape, window, stride)
+    maps = {} if maps is None else maps  # the shifted maps continue the unshifted pass
     result = np.zeros((*counts, 512), dtype=np.float32)
     for off in tqdm(offsets, desc="encoder passes", unit="pass", disable=not progress or len(offsets) < 2):
         fmap = shifted_feature_map(model, padded, off, device=device, precision=precision, maps=maps)

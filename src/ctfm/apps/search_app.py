@@ -12,8 +12,8 @@ the box's centre, and ``ctfm search --point <that centre> --point-space mm`` giv
 
 A target the encoder has not seen yet first gets a coarse match, the same search on copies of source
 and target with the in-plane resolution halved (where the box stays a multiple of 16 voxels there) and
-windows every 16 voxels: a quarter of an encoder pass each instead of the two full passes of the
-default stride. The page shows it marked "coarse" at once; the full search then replaces it with the
+windows every 16 voxels: a quarter of an encoder pass each instead of the default stride's full pass and
+its continuation (the map shifted by 8 voxels along S). The page shows it marked "coarse" at once; the full search then replaces it with the
 final match, the one ``ctfm search`` returns. Scans picked on the page are encoded in the background
 (:meth:`SearchSession.prepare`), one pass at a time, and give way to a search between passes.
 
@@ -314,11 +314,11 @@ class SearchSession:
 
     def encoded(self) -> dict[str, tuple[int, int]]:
         """Per scan read so far: encoder passes done and passes its window grid needs (the page shows them)."""
-        from ctfm.analysis.patch_embeddings import pass_offsets
+        from ctfm.analysis.patch_embeddings import encoder_maps_done, pass_offsets
 
         needed = len(pass_offsets(self.stride))
         # a query's pass is one of the grid's (the box is snapped to it), so the passes kept are the grid's
-        return {sid: (min(len(maps), needed), needed) for sid, maps in list(self._maps.items())}
+        return {sid: (min(encoder_maps_done(maps), needed), needed) for sid, maps in list(self._maps.items())}
 
     def _passes_needed(self, sid: str) -> bool:
         done, needed = self.encoded().get(sid, (0, 1))
