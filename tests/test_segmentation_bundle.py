@@ -24,7 +24,7 @@ from monai.transforms import LoadImage
 
 from ctfm.data.labels import keep_largest_structures
 from ctfm.data.phantoms import write_body_phantoms, write_defective_inputs
-from ctfm.networks import build_encoder, build_segmentation_network
+from ctfm.networks import bf16_supported, build_encoder, build_segmentation_network
 from ctfm.registry import totalsegmentator_classes
 from ctfm.weights import load_network_weights, read_state_dict, save_pretrained
 
@@ -450,3 +450,44 @@ def test_select_checkpoint_paper_recipe_trains_this_bundle_with_the_encoder_froz
     released = read_state_dict(ct_fm_weights)
     for name, parameter in net.encoder.named_parameters():
         assert torch.equal(parameter, released[name]), name
+
+
+@pytest.mark.skipif(not bf16_supported("cpu"),
+                    reason="this CPU has no native bf16: bf16_convolutions leaves the network as it is")
+def test_bf16_convolution_weights_change_no_product():
+    """Inference in bf16 keeps the convolutions' weights in bf16 (autocast casts them to that anyway): the outputs
+    are equal bit for bit, with half the weights' memory; normalisation stays fp32."""
+    from ctfm.inference import bf16_convolutions
+
+    torch.manual_seed(2)
+    network = build_segmentation_network(out_channels=7, init_filters=8).eval()
+    window = torch.randn(2, 1, 16, 32, 32).to(memory_format=torch.channels_last_3d)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = network(window)
+        bf16_convolutions(network, "bf16")
+        after = network(window)
+    assert torch.equal(before, after)
+    dtypes = {type(m).__name__: m.weight.dtype for m in network.modules() if hasattr(m, "weight")}
+    assert dtypes["Conv3d"] == dtypes["ConvTranspose3d"] == torch.bfloat16 and dtypes["BatchNorm3d"] == torch.float32
+    fp32 = bf16_convolutions(build_segmentation_network(out_channels=7, init_filters=8), "fp32")
+    assert all(p.dtype == torch.float32 for p in fp32.parameters())  # fp32 inference keeps the weights as they are
+
+
+def test_the_final_head_runs_apart_behind_every_wrapper_and_is_put_back():
+    """The streamed stitching finds the SegResNetDS behind ctfm segment's wrappers, takes its final head out while
+    it runs (the network then returns the decoder's features) and puts it back, also after an error."""
+    from ctfm.inference import _ChannelsLastWindows, _segresnet_ds, final_head_apart
+    from ctfm.segmentation import ReportWindowBatches
+
+    network = build_segmentation_network(out_channels=7, init_filters=8).eval()
+    wrapped = _ChannelsLastWindows(ReportWindowBatches(network, total=1, say=print))
+    assert _segresnet_ds(wrapped) is network
+    assert _segresnet_ds(network.train()) is None  # training returns every deep-supervision output
+    network.eval()
+    head = network.up_layers[-1]["head"]
+    with pytest.raises(RuntimeError), final_head_apart(network) as apart:
+        assert apart is head
+        with torch.no_grad():
+            assert network(torch.zeros(1, 1, 16, 16, 16)).shape[1] == head.in_channels  # features, not 7 scores
+        raise RuntimeError("a failed window")
+    assert network.up_layers[-1]["head"] is head and network.dsdepth == 4

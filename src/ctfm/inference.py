@@ -17,22 +17,30 @@ near-ties of the two best classes (tests/test_segmentation_bundle.py states the 
 channels: 5 GB for a 1.5 mm abdomen CT, 11.7 GB peak RSS with the rest), then the postprocessing takes
 their argmax. :func:`stitch_labels` runs the same windows in the same order with the same weights and the
 same additions, but keeps the scores only over a slab one window deep and writes each row of the label map
-as soon as no later window reaches it; the label map equals the argmax of MONAI's output exactly.
+as soon as no later window reaches it; the label map equals the argmax of MONAI's output exactly. For a
+``SegResNetDS`` (the bundle's network) the scores of a whole window never exist either: the network returns its
+decoder's last features (32 channels) and the final head, a 1 x 1 x 1 convolution, runs on a few rows at a
+time as they are added (the same products, bit for bit: tests), which also skips the deep-supervision heads
+that ``eval()`` computes and drops. On the 1.5 mm sample CT, one 96 x 160 x 160 window's scores are 0.58 GB in
+bf16.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from monai.data import MetaTensor
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import SlidingWindowInferer
 from monai.inferers.utils import _get_scan_interval  # MONAI's window stride: the stitcher's windows are MONAI's
+from monai.networks.nets import SegResNetDS
 from monai.transforms import MapTransform, SaveImaged
 from monai.utils import convert_to_dst_type, ensure_tuple_rep, fall_back_tuple
 
@@ -76,15 +84,58 @@ class AutocastSlidingWindowInferer(SlidingWindowInferer):
         if weights is None or tuple(weights.shape[-len(roi):]) != tuple(roi):  # MONAI computes it per call then
             weights = compute_importance_map(roi, mode=self.mode, sigma_scale=self.sigma_scale, device=inputs.device)
         images = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        labels = torch.cat([
-            stitch_labels(image[None], lambda w: network(w, *args, **kwargs), roi, self.sw_batch_size, self.overlap,
-                          weights, padding_mode=self.padding_mode, cval=self.cval)
-            for image in images
-        ])  # fmt: skip
+        segresnet = _segresnet_ds(network)
+        with final_head_apart(segresnet) if segresnet is not None else nullcontext() as head:
+            labels = torch.cat([
+                stitch_labels(image[None], lambda w: network(w, *args, **kwargs), roi, self.sw_batch_size,
+                              self.overlap, weights, padding_mode=self.padding_mode, cval=self.cval, head=head)
+                for image in images
+            ])  # fmt: skip
         if isinstance(inputs, MetaTensor):  # the input's metadata, as MONAI's inferer keeps it
             meta = MetaTensor([]).copy_meta_from(inputs, copy_attr=False)
             return convert_to_dst_type(labels, meta, dtype=labels.dtype)[0]
         return labels
+
+
+def _segresnet_ds(network) -> SegResNetDS | None:
+    """The ``SegResNetDS`` behind ``network`` (through the channels-last and DDP wrappers) when it is in ``eval()``
+    and its final head is pointwise (so rows of it can run apart), else None."""
+    for _ in range(4):  # through _ChannelsLastWindows, ctfm segment's progress reporter, DistributedDataParallel
+        inner = getattr(network, "network", None) or getattr(network, "module", None)
+        if inner is None:
+            break
+        network = inner
+    if not isinstance(network, SegResNetDS) or network.training:
+        return None
+    head = network.up_layers[-1]["head"]
+    return network if isinstance(head, nn.Conv3d) and head.kernel_size == (1, 1, 1) else None
+
+
+@contextmanager
+def final_head_apart(network: SegResNetDS):
+    """While inside, ``network`` returns its decoder's last features instead of class scores, and computes none of
+    the deep-supervision heads (``eval()`` drops their outputs anyway); yields the final head, to apply by rows."""
+    level = network.up_layers[-1]
+    head, dsdepth = level["head"], network.dsdepth
+    level["head"], network.dsdepth = nn.Identity(), 1
+    try:
+        yield head
+    finally:
+        level["head"], network.dsdepth = head, dsdepth
+
+
+def bf16_convolutions(network: nn.Module, precision: str) -> nn.Module:
+    """For inference in bf16 (``precision`` "bf16" where the network's device runs it): the convolutions' weights kept
+    in bf16, which autocast casts them to anyway, so the products are the same bit for bit (tests); the weights take
+    half the memory and autocast keeps no bf16 copies of them (0.35 GB together for the whole-body network).
+    Normalisation layers stay fp32. For inference only: training needs fp32 weights."""
+    if precision != "bf16" or not bf16_supported(next(network.parameters()).device):
+        return network
+    for module in network.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                               nn.ConvTranspose3d)):
+            module.to(torch.bfloat16)
+    return network
 
 
 def window_slices(image_size, roi_size, overlap) -> list[tuple[slice, ...]]:
@@ -121,7 +172,7 @@ def _ring_rows(start: int, stop: int, depth: int) -> list[tuple[slice, slice]]:
 
 
 def stitch_labels(image: torch.Tensor, predictor, roi_size, sw_batch_size: int, overlap, importance_map: torch.Tensor,
-                  padding_mode: str = "constant", cval: float = 0.0) -> torch.Tensor:
+                  padding_mode: str = "constant", cval: float = 0.0, head=None) -> torch.Tensor:
     """The argmax over classes of MONAI's ``sliding_window_inference(image, ...)`` output (one image,
     ``1 x C x *spatial``), computed without holding the class scores of the whole volume.
 
@@ -134,6 +185,9 @@ def stitch_labels(image: torch.Tensor, predictor, roi_size, sw_batch_size: int, 
     of their start along that axis, so when a window starts further on, no later window reaches the rows
     before its start; they are divided, their argmax is written to the label map, and their rows of the ring
     are cleared for reuse. Returns ``1 x 1 x *spatial`` labels (uint8 up to 256 classes, else int16).
+
+    ``head``: a pointwise module that turns the predictor's output into class scores (see
+    :func:`final_head_apart`); it runs on the rows being added only.
     """
     spatial = image.shape[2:]
     roi = fall_back_tuple(roi_size, spatial)
@@ -165,10 +219,11 @@ def stitch_labels(image: torch.Tensor, predictor, roi_size, sw_batch_size: int, 
                              f"size {tuple(roi)}; use stitch='logits' for other outputs.")
         if sums is None:  # in the output's memory order (channels-last windows: channels innermost), so adding is fast
             layout = torch.channels_last_3d if _channels_last_only(out) else torch.contiguous_format
-            sums = torch.empty(1, out.shape[1], depth, *size[1:], dtype=dtype, device=image.device,
+            classes = out.shape[1] if head is None else head.out_channels
+            sums = torch.empty(1, classes, depth, *size[1:], dtype=dtype, device=image.device,
                                memory_format=layout)[0].zero_()
-            labels = torch.zeros(*size, dtype=torch.uint8 if out.shape[1] <= 256 else torch.int16, device=image.device)
-        for scores, window in zip(out, batch):
+            labels = torch.zeros(*size, dtype=torch.uint8 if classes <= 256 else torch.int16, device=image.device)
+        for index, window in enumerate(batch):
             start = window[0].start
             if start > written:  # no later window reaches the rows before this one's start
                 write_rows(start)
@@ -176,12 +231,14 @@ def stitch_labels(image: torch.Tensor, predictor, roi_size, sw_batch_size: int, 
             for chunk in range(start, window[0].stop, CHUNK_ROWS):
                 for ring, rows in _ring_rows(chunk, min(chunk + CHUNK_ROWS, window[0].stop), depth):
                     part = slice(rows.start - start, rows.stop - start)
-                    weighted = scores[:, part].float()  # a copy of a bf16 output; an fp32 one itself
+                    scores = out[index : index + 1, :, part]
+                    scores = (scores if head is None else head(scores))[0]
+                    weighted = scores.float()  # a copy of a bf16 output; an fp32 one itself
                     weighted *= weights[0, :, part]
                     # MONAI multiplies in place, in the network's dtype: the same rounding, 3x faster than bf16 *= fp32
                     sums[(slice(None), ring, *window[1:])] += weighted.to(scores.dtype)
                     counts[(slice(None), ring, *window[1:])] += weights[0, :, part]
-        del out, scores  # before the next batch's output exists
+        del out, scores, weighted  # before the next batch's output exists
     write_rows(size[0])
     if any(pad):  # back to the image's own size, as MONAI crops
         labels = labels[tuple(slice(pad[2 * i], pad[2 * i] + n) for i, n in enumerate(reversed(spatial)))[::-1]]

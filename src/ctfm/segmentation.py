@@ -298,9 +298,11 @@ def segment(
     label_names = {int(k): v for k, v in parser.get_parsed_content("label_names").items()}
     chosen = choose_structures(label_names, structures, groups)
 
+    from ctfm.inference import bf16_convolutions
     from ctfm.weights import load_segmentation_weights
 
     network = load_segmentation_weights(parser.get_parsed_content("network"), weights).eval()
+    network = bf16_convolutions(network, parser.get_parsed_content("precision"))
     items = list_inputs(input)
     check_inputs(items, output_type)
     ids = [scan_id(item["image"]) for item in items]
