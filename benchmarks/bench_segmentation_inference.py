@@ -203,6 +203,7 @@ def compare(device: str = "cpu", smoke: bool = False, weights: str | None = None
     sys.path.insert(0, str(BUNDLE))  # the bundle's scripts package
     from benchmarks.common import RESULTS, write_result
     from ctfm.data.sample_ct import fetch_sample_ct
+    from ctfm.inference import bf16_convolutions
     from ctfm.metrics import macro_mean
     from ctfm.networks import build_segmentation_network
     from ctfm.registry import totalsegmentator_classes
@@ -230,6 +231,7 @@ def compare(device: str = "cpu", smoke: bool = False, weights: str | None = None
     print(f"image {tuple(image.shape[1:])} voxels at {spacing} mm, patch {patch}, device {device}", flush=True)
     base = segment(image, network, patch, device, **BASELINE)
     print(f"baseline {BASELINE}: {base['seconds']:.1f} s", flush=True)
+    bf16_convolutions(network, tuned["precision"])  # as inference.json does after loading (after the fp32 baseline)
     fast = segment(image, network, patch, device, **tuned)
     print(f"tuned {tuned}: {fast['seconds']:.1f} s", flush=True)
 
