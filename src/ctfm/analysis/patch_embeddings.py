@@ -109,7 +109,8 @@ SHARED_LEVELS = (2, 3)  # encoder levels (strides 4 and 8) that the unshifted pa
 
 
 def _encoder_input(image, device, precision) -> tuple[torch.Tensor, bool]:
-    """``(1, 1, *shape)`` on ``device``, each axis padded with air to a multiple of 16, and whether bf16 autocast is on."""
+    """``(1, 1, *shape)`` on ``device``, each axis padded with air to a multiple of 16, and whether bf16 autocast
+    is on."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     image = as_volume(image)

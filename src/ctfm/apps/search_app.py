@@ -13,9 +13,10 @@ the box's centre, and ``ctfm search --point <that centre> --point-space mm`` giv
 A target the encoder has not seen yet first gets a coarse match, the same search on copies of source
 and target with the in-plane resolution halved (where the box stays a multiple of 16 voxels there) and
 windows every 16 voxels: a quarter of an encoder pass each instead of the default stride's full pass and
-its continuation (the map shifted by 8 voxels along S). The page shows it marked "coarse" at once; the full search then replaces it with the
-final match, the one ``ctfm search`` returns. Scans picked on the page are encoded in the background
-(:meth:`SearchSession.prepare`), one pass at a time, and give way to a search between passes.
+its continuation (the map shifted by 8 voxels along S). The page shows it marked "coarse" at once; the
+full search then replaces it with the final match, the one ``ctfm search`` returns. Scans picked on the
+page are encoded in the background (:meth:`SearchSession.prepare`), one pass at a time, and give way to a
+search between passes.
 
 Why a small standard-library server (``http.server.ThreadingHTTPServer``) with a plain page and JSON
 endpoints, rather than the authors' Streamlit: it adds no dependency, makes no network call (Streamlit
