@@ -229,6 +229,7 @@ def compare(device: str = "cpu", smoke: bool = False, weights: str | None = None
         load_network_weights(network, weights)
     tuned = bundle_defaults()
     print(f"image {tuple(image.shape[1:])} voxels at {spacing} mm, patch {patch}, device {device}", flush=True)
+    gflop = window_gflop(network, patch, device)  # counted in fp32, before the tuned run's bf16 weights
     base = segment(image, network, patch, device, **BASELINE)
     print(f"baseline {BASELINE}: {base['seconds']:.1f} s", flush=True)
     bf16_convolutions(network, tuned["precision"])  # as inference.json does after loading (after the fp32 baseline)
@@ -245,7 +246,6 @@ def compare(device: str = "cpu", smoke: bool = False, weights: str | None = None
     agreement_labelled = {names[c]: float(agreement[c - 1]) for c in labelled}  # NaN: in neither map
     accuracy = {k: round(macro_mean(per_structure_dice(run["label"], truth)[None]), 4)
                 for k, run in (("baseline", base), ("tuned", fast))}
-    gflop = window_gflop(network, patch, device)
     dtype_peak = {p: matmul_peak_gflops(device, d) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     name = "segmentation_inference" + ("_gpu" if device.type == "cuda" else "") + ("_smoke" if smoke else "")
     return write_result(
