@@ -282,69 +282,92 @@ def test_channels_last_windows_give_the_same_labels_within_the_precision(precisi
     assert ((best_two[:, 0] - best_two[:, 1])[differ] <= 2 * tolerance["atol"]).all()  # only near-ties flip
 
 
+def _two_best_gap(scores: torch.Tensor) -> torch.Tensor:
+    best_two = scores.topk(2, dim=1).values
+    return best_two[:, 0] - best_two[:, 1]
+
+
 @pytest.mark.parametrize("shape", [(37, 29, 41), (12, 40, 33)], ids=["not_a_multiple", "thinner_than_a_window"])
 @pytest.mark.parametrize("overlap", [0.625, 0.25])
 @pytest.mark.parametrize("sw_batch_size", [1, 2])
 def test_streamed_labels_equal_the_argmax_of_monais_stitching(shape, overlap, sw_batch_size):
-    """stitch='labels' keeps the class scores of one slab of windows only, yet gives exactly the argmax of
-    MONAI's sliding_window_inference (same windows, weights and additions), also where MONAI pads the image."""
+    """stitch='labels' keeps the class scores of one slab of windows only, yet gives the argmax of MONAI's
+    sliding_window_inference (same windows, weights and additions), also where MONAI pads the image: exactly
+    for any network; for a SegResNetDS, whose final head runs once per voxel on the stitched features, up to
+    float rounding (a label may differ only where the two best classes tie within it)."""
     from monai.data import MetaTensor
     from monai.inferers import sliding_window_inference
 
     from ctfm.inference import AutocastSlidingWindowInferer
 
     torch.manual_seed(0)
-    network = build_segmentation_network(out_channels=7, init_filters=8).eval()
+    segresnet = build_segmentation_network(out_channels=7, init_filters=8).eval()
+    plain = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 7, 1)).eval()
     image = MetaTensor(torch.randn(1, 1, *shape), affine=torch.diag(torch.tensor([2.0, 3.0, 4.0, 1.0])))
     roi = (16, 16, 32)
     streamed = AutocastSlidingWindowInferer(roi_size=roi, sw_batch_size=sw_batch_size, overlap=overlap,
                                             mode="gaussian", precision="fp32", channels_last=False, stitch="labels")
-    with torch.no_grad():
-        scores = sliding_window_inference(image, roi, sw_batch_size, network, overlap, mode="gaussian")
-        labels = streamed(image, network)
-    assert labels.shape == (1, 1, *shape) and labels.dtype == torch.uint8
-    assert torch.equal(labels.as_tensor()[:, 0].long(), scores.as_tensor().argmax(1))
-    assert len(torch.unique(labels)) > 1  # not a constant map: the comparison above is not vacuous
-    torch.testing.assert_close(labels.affine, image.affine)  # the input's metadata, as MONAI keeps it
+    for network in (plain, segresnet):
+        with torch.no_grad():
+            scores = sliding_window_inference(image, roi, sw_batch_size, network, overlap, mode="gaussian")
+            labels = streamed(image, network)
+        assert labels.shape == (1, 1, *shape) and labels.dtype == torch.uint8
+        differ = labels.as_tensor()[:, 0].long() != scores.as_tensor().argmax(1)
+        if network is plain:
+            assert not differ.any()
+        else:
+            assert differ.float().mean() <= 1e-3 and (_two_best_gap(scores.as_tensor())[differ] <= 1e-5).all()
+        assert len(torch.unique(labels)) > 1  # not a constant map: the comparison above is not vacuous
+        torch.testing.assert_close(labels.affine, image.affine)  # the input's metadata, as MONAI keeps it
 
 
 @pytest.mark.parametrize("sw_batch_size", [1, 2])
-def test_streamed_labels_in_bf16_on_channels_last_windows_equal_the_full_stitching(sw_batch_size):
-    """The bundle's default network calls (bf16 autocast, channels-last windows): the two stitch modes run the
-    same network calls, so their label maps are equal exactly, not within a precision."""
+def test_streamed_labels_in_bf16_on_channels_last_windows_agree_with_the_full_stitching(sw_batch_size):
+    """The bundle's default network calls (bf16 autocast, channels-last windows). The full stitching adds each
+    window's bf16 class scores; the streamed labels add its features and take the head in fp32 once per voxel, so
+    they differ only where the two best classes tie within bf16 rounding (measured: 0.12 % of voxels, gaps up to
+    0.0025 on scores up to 2), and they are no further from fp32 inference than the full stitching is."""
     from ctfm.inference import AutocastSlidingWindowInferer
 
     torch.manual_seed(1)
     network = build_segmentation_network(out_channels=7, init_filters=8).eval()
     image = torch.randn(1, 1, 40, 36, 30)
     maps = {}
-    for stitch in ("labels", "logits"):
+    for stitch, precision in (("labels", "bf16"), ("logits", "bf16"), ("logits", "fp32")):
         inferer = AutocastSlidingWindowInferer(roi_size=(16, 32, 16), sw_batch_size=sw_batch_size, overlap=0.625,
-                                               mode="gaussian", stitch=stitch)
+                                               mode="gaussian", stitch=stitch, precision=precision)
         with torch.no_grad():
-            maps[stitch] = inferer(image, network)
-    assert maps["logits"].shape == (1, 7, 40, 36, 30) and maps["labels"].shape == (1, 1, 40, 36, 30)
-    assert torch.equal(maps["labels"][:, 0].long(), maps["logits"].argmax(1))
+            maps[stitch, precision] = inferer(image, network)
+    labels, logits, fp32 = maps["labels", "bf16"], maps["logits", "bf16"], maps["logits", "fp32"]
+    assert logits.shape == (1, 7, 40, 36, 30) and labels.shape == (1, 1, 40, 36, 30)
+    labels = labels[:, 0].long()
+    differ = labels != logits.argmax(1)
+    assert differ.float().mean() <= 0.005 and (_two_best_gap(logits)[differ] <= 2**-7).all()
+    assert (labels != fp32.argmax(1)).sum() <= (logits.argmax(1) != fp32.argmax(1)).sum()
 
 
 def test_the_bundle_writes_the_same_label_map_with_either_stitch(sample_ct, tmp_path):
-    """Through the bundle CLI on the real sample CT (a tiny random network): the streamed label map (the
-    default) and MONAI's full stitching followed by the postprocessing's argmax write the same map."""
+    """Through the bundle CLI on the real sample CT (a tiny random network): in fp32 the streamed label map (the
+    default) and MONAI's full stitching followed by the postprocessing's argmax write the same map but for float
+    near-ties; in bf16 (the bundle's default where the CPU has it) the streamed map, whose final head runs in fp32,
+    is the closer of the two to fp32 inference."""
     torch.manual_seed(0)
     weights = tmp_path / "model.pt"
     torch.save(build_segmentation_network(out_channels=118, init_filters=8).state_dict(), weights)
     maps = {}
-    for stitch in ("labels", "logits"):
-        out = tmp_path / stitch
+    for stitch, precision in (("labels", "fp32"), ("logits", "fp32"), ("labels", "bf16"), ("logits", "bf16")):
+        out = tmp_path / f"{stitch}_{precision}"
         run_bundle(BUNDLE, "inference.json", {
             "input": str(sample_ct.abdomen_ct), "output_dir": str(out), "ckpt_path": str(weights), "stitch": stitch,
-            "spacing": [6, 6, 6], "patch_size": [32, 32, 32], "network_def#init_filters": 8,
+            "precision": precision, "spacing": [6, 6, 6], "patch_size": [32, 32, 32], "network_def#init_filters": 8,
         })
-        maps[stitch] = nib.load(out / "abdomen_ct_seg.nii.gz")
-    labels, logits = (np.asarray(maps[k].dataobj) for k in ("labels", "logits"))
-    assert maps["labels"].get_data_dtype() == np.uint8 and labels.shape == nib.load(sample_ct.abdomen_ct).shape
-    np.testing.assert_array_equal(labels, logits)
-    assert len(np.unique(labels)) > 2
+        image = nib.load(out / "abdomen_ct_seg.nii.gz")
+        assert image.get_data_dtype() == np.uint8 and image.shape == nib.load(sample_ct.abdomen_ct).shape
+        maps[stitch, precision] = np.asarray(image.dataobj)
+    fp32 = maps["logits", "fp32"]
+    assert np.mean(maps["labels", "fp32"] != fp32) <= 1e-4
+    assert np.mean(maps["labels", "bf16"] != fp32) <= np.mean(maps["logits", "bf16"] != fp32)
+    assert len(np.unique(fp32)) > 2
 
 
 # --- Bad input: the message names the file, the problem and the fix --------------------------
