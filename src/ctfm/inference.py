@@ -23,8 +23,9 @@ channels, not 118 scores) and the final head, a 1 x 1 x 1 convolution, runs once
 mean, in fp32, when the row is written. The head is linear, so this is the head of MONAI's weighted mean of the
 windows' scores up to float rounding (label maps differ only at near-ties of the two best classes: tests); at
 the authors' overlap 0.625 each voxel lies in ~7 windows, so the head runs ~7x less and a window adds 32
-channels instead of 118 (0.8 s less a window on 2 cores; the slab takes 0.6 GB instead of 2.2 GB on the 1.5 mm
-sample CT). It also skips the deep-supervision heads that ``eval()`` computes and drops.
+channels instead of 118 (through the bundle CLI on 2 cores, overlap 0.625: 168.7 / 171.5 s before, 138.5 s after;
+the slab takes 0.6 GB instead of 2.2 GB on the 1.5 mm sample CT). It also skips the deep-supervision heads that
+``eval()`` computes and drops.
 """
 
 from __future__ import annotations
